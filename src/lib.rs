@@ -1,0 +1,11 @@
+//! berth: a container registry that runs in Kubernetes as an operator, configured by
+//! custom resources, and standalone from a folder of the same resources.
+//!
+//! Data flows one way: HTTP ([`registry`]) → storage ([`storage`]). Neither depends on
+//! Kubernetes.
+
+pub mod metrics;
+pub mod oci;
+pub mod registry;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,90 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+    pub method: String,
+}
+
+/// HTTP-side metrics of the registry.
+pub struct HttpMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram>,
+    pub bytes_received: Counter,
+    pub bytes_sent: Counter,
+    pub upload_duration: Histogram,
+    pub blob_serve_duration: Histogram,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub http: HttpMetrics,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("berth");
+        let latency = || Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let http = HttpMetrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency),
+            bytes_received: Counter::default(),
+            bytes_sent: Counter::default(),
+            upload_duration: latency(),
+            blob_serve_duration: latency(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            http.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to produce the response head, by route and method",
+            http.request_duration.clone(),
+        );
+        registry.register(
+            "blob_received_bytes",
+            "Blob bytes received in uploads",
+            http.bytes_received.clone(),
+        );
+        registry.register(
+            "blob_sent_bytes",
+            "Blob bytes served to clients",
+            http.bytes_sent.clone(),
+        );
+        registry.register(
+            "blob_upload_duration_seconds",
+            "Time to receive and store one upload request body",
+            http.upload_duration.clone(),
+        );
+        registry.register(
+            "blob_serve_duration_seconds",
+            "Time to stream one blob to a client",
+            http.blob_serve_duration.clone(),
+        );
+        Arc::new(Metrics { registry, http })
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,147 @@
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::Stream;
+use futures::stream::BoxStream;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
+use super::error::{ErrorCode, RegistryError, Result};
+use super::{RegistryState, Request, header_value};
+use crate::oci::{Digest, RepositoryName};
+use crate::storage::ByteRange;
+
+fn unknown(digest: &Digest, name: &RepositoryName) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::BlobUnknown,
+        format!("blob {digest} is not in repository {name}"),
+    )
+}
+
+pub async fn get(
+    state: &RegistryState,
+    name: &RepositoryName,
+    digest: &Digest,
+    req: &Request,
+) -> Result<Response> {
+    if req.method == axum::http::Method::HEAD {
+        let stat = state
+            .store
+            .stat_blob(name, digest)
+            .await?
+            .ok_or_else(|| unknown(digest, name))?;
+        let mut response = StatusCode::OK.into_response();
+        let h = response.headers_mut();
+        h.insert(header::CONTENT_LENGTH, header_value(stat.size.to_string()));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert("docker-content-digest", header_value(digest.to_string()));
+        return Ok(response);
+    }
+
+    let range = req.header(header::RANGE).and_then(ByteRange::parse);
+    let blob = match state.store.read_blob(name, digest, range).await {
+        Ok(Some(blob)) => blob,
+        Ok(None) => {
+            let size = state
+                .store
+                .stat_blob(name, digest)
+                .await?
+                .map_or(0, |s| s.size);
+            return Err(RegistryError::new(
+                ErrorCode::RangeInvalid,
+                format!(
+                    "range {:?} is outside blob {digest} of {size} bytes",
+                    req.header(header::RANGE)
+                ),
+            )
+            .with_header(
+                header::CONTENT_RANGE,
+                header_value(format!("bytes */{size}")),
+            ));
+        }
+        Err(crate::storage::StorageError::BlobUnknown(_)) => return Err(unknown(digest, name)),
+        Err(e) => return Err(e.into()),
+    };
+    let len = blob.range.end - blob.range.start;
+    let partial = range.is_some();
+    let body = Body::from_stream(Metered {
+        inner: blob.stream,
+        bytes: state.metrics.http.bytes_sent.clone(),
+        duration: state.metrics.http.blob_serve_duration.clone(),
+        started: Instant::now(),
+    });
+    let status = if partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (status, body).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, header_value(len.to_string()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert("docker-content-digest", header_value(digest.to_string()));
+    if partial {
+        h.insert(
+            header::CONTENT_RANGE,
+            header_value(format!(
+                "bytes {}-{}/{}",
+                blob.range.start,
+                blob.range.end.saturating_sub(1),
+                blob.total_size
+            )),
+        );
+    }
+    Ok(response)
+}
+
+pub async fn delete(
+    state: &RegistryState,
+    name: &RepositoryName,
+    digest: &Digest,
+) -> Result<Response> {
+    if state.store.delete_blob(name, digest).await? {
+        Ok(StatusCode::ACCEPTED.into_response())
+    } else {
+        Err(unknown(digest, name))
+    }
+}
+
+/// A blob stream that counts the bytes it yields and, when it ends or the client
+/// goes away, records how long serving took.
+struct Metered {
+    inner: BoxStream<'static, std::io::Result<Bytes>>,
+    bytes: Counter,
+    duration: Histogram,
+    started: Instant,
+}
+
+impl Stream for Metered {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &polled {
+            self.bytes.inc_by(chunk.len() as u64);
+        }
+        polled
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.duration.observe(self.started.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,138 @@
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+
+use super::error::{ErrorCode, RegistryError, Result};
+use super::{RegistryState, Request, header_value};
+use crate::oci::{Manifest, Reference, RepositoryName};
+use crate::storage::StorageError;
+
+/// Manifests larger than this are refused; the spec asks registries to accept at least 4 MiB.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+fn unknown(name: &RepositoryName, reference: &Reference) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::ManifestUnknown,
+        format!("manifest {reference} is not in repository {name}"),
+    )
+}
+
+pub async fn get(
+    state: &RegistryState,
+    name: &RepositoryName,
+    reference: &Reference,
+    req: &Request,
+) -> Result<Response> {
+    let (digest, media_type, size, body) = if req.method == Method::HEAD {
+        let found = state
+            .store
+            .stat_manifest(name, reference)
+            .await?
+            .ok_or_else(|| unknown(name, reference))?;
+        (found.digest, found.media_type, found.size, Bytes::new())
+    } else {
+        let found = state
+            .store
+            .get_manifest(name, reference)
+            .await?
+            .ok_or_else(|| unknown(name, reference))?;
+        let size = found.bytes.len() as u64;
+        (found.digest, found.media_type, size, found.bytes)
+    };
+    let mut response = (StatusCode::OK, body).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, header_value(&media_type));
+    h.insert(header::CONTENT_LENGTH, header_value(size.to_string()));
+    h.insert("docker-content-digest", header_value(digest.to_string()));
+    Ok(response)
+}
+
+async fn read_limited(body: axum::body::Body) -> Result<Bytes> {
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            RegistryError::new(
+                ErrorCode::ManifestInvalid,
+                format!("manifest body could not be read: {e}"),
+            )
+        })?;
+        if buf.len() + chunk.len() > MAX_MANIFEST_BYTES {
+            return Err(RegistryError::new(
+                ErrorCode::SizeInvalid,
+                format!(
+                    "manifest is larger than the {} MiB limit",
+                    MAX_MANIFEST_BYTES >> 20
+                ),
+            )
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+pub async fn put(
+    state: &RegistryState,
+    name: &RepositoryName,
+    reference: &Reference,
+    req: &Request,
+    body: axum::body::Body,
+) -> Result<Response> {
+    if let Some(len) = req
+        .header(header::CONTENT_LENGTH)
+        .and_then(|l| l.parse::<usize>().ok())
+        && len > MAX_MANIFEST_BYTES
+    {
+        return Err(RegistryError::new(
+            ErrorCode::SizeInvalid,
+            format!(
+                "manifest of {len} bytes is larger than the {} MiB limit",
+                MAX_MANIFEST_BYTES >> 20
+            ),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+    let content_type = req.header(header::CONTENT_TYPE).map(str::to_string);
+    let body = read_limited(body).await?;
+    let manifest = Manifest::parse(content_type.as_deref(), &body)?;
+    let digest = match state
+        .store
+        .put_manifest(name, reference, body, &manifest)
+        .await
+    {
+        Ok(d) => d,
+        Err(StorageError::DigestMismatch { expected, actual }) => {
+            return Err(RegistryError::new(
+                ErrorCode::DigestInvalid,
+                format!("manifest was pushed as {expected} but its content hashes to {actual}"),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut response = StatusCode::CREATED.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::LOCATION,
+        header_value(format!("/v2/{name}/manifests/{digest}")),
+    );
+    h.insert("docker-content-digest", header_value(digest.to_string()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    if let Some(subject) = &manifest.subject {
+        h.insert("oci-subject", header_value(subject.digest.to_string()));
+    }
+    Ok(response)
+}
+
+pub async fn delete(
+    state: &RegistryState,
+    name: &RepositoryName,
+    reference: &Reference,
+) -> Result<Response> {
+    if state.store.delete_manifest(name, reference).await? {
+        Ok(StatusCode::ACCEPTED.into_response())
+    } else {
+        Err(unknown(name, reference))
+    }
+}

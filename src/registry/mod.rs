@@ -1,0 +1,148 @@
+//! The OCI Distribution API over HTTP. A request is parsed into a [`routes::Route`]
+//! once, then handed to the handler for its area; handlers are thin: they read
+//! headers and query, make one storage call, and shape the reply.
+
+mod blobs;
+mod catalog;
+pub mod error;
+mod manifests;
+mod pagination;
+mod referrers;
+pub mod routes;
+mod tags;
+mod uploads;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+
+use crate::metrics::Metrics;
+use crate::storage::Store;
+use error::{ErrorCode, RegistryError, Result};
+use routes::Route;
+
+/// What every registry handler can use.
+#[derive(Clone)]
+pub struct RegistryState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The route label of a response, for the metrics middleware.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteLabel(pub &'static str);
+
+/// A parsed request as handlers see it. The body travels separately: it is not `Sync`,
+/// and handlers borrow the rest across awaits.
+pub struct Request {
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub query: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn query(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header(&self, name: header::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn router(state: RegistryState) -> Router {
+    Router::new()
+        .route("/v2", any(dispatch))
+        .route("/v2/", any(dispatch))
+        .route("/v2/{*rest}", any(dispatch))
+        .with_state(state)
+}
+
+async fn dispatch(State(state): State<RegistryState>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let route = routes::parse(parts.uri.path());
+    let label = route.as_ref().map_or("invalid", Route::label);
+    let request = Request {
+        method: parts.method,
+        headers: parts.headers,
+        query: parts
+            .uri
+            .query()
+            .map(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .into_owned()
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let result = match route {
+        Ok(route) => handle(&state, route, request, body).await,
+        Err(e) => Err(e),
+    };
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.extensions_mut().insert(RouteLabel(label));
+    response.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    response
+}
+
+async fn handle(state: &RegistryState, route: Route, req: Request, body: Body) -> Result<Response> {
+    match (route, req.method.clone()) {
+        (Route::Base, Method::GET | Method::HEAD) => {
+            Ok(json_response(StatusCode::OK, b"{}".to_vec()))
+        }
+        (Route::Catalog, Method::GET) => catalog::list(state, &req).await,
+        (Route::Tags(name), Method::GET) => tags::list(state, &name, &req).await,
+        (Route::Manifest(name, reference), Method::GET | Method::HEAD) => {
+            manifests::get(state, &name, &reference, &req).await
+        }
+        (Route::Manifest(name, reference), Method::PUT) => {
+            manifests::put(state, &name, &reference, &req, body).await
+        }
+        (Route::Manifest(name, reference), Method::DELETE) => {
+            manifests::delete(state, &name, &reference).await
+        }
+        (Route::Blob(name, digest), Method::GET | Method::HEAD) => {
+            blobs::get(state, &name, &digest, &req).await
+        }
+        (Route::Blob(name, digest), Method::DELETE) => blobs::delete(state, &name, &digest).await,
+        (Route::Uploads(name), Method::POST) => uploads::start(state, &name, &req, body).await,
+        (Route::Upload(name, id), Method::GET) => uploads::status(state, &name, &id).await,
+        (Route::Upload(name, id), Method::PATCH) => {
+            uploads::patch(state, &name, &id, &req, body).await
+        }
+        (Route::Upload(name, id), Method::PUT) => {
+            uploads::finish(state, &name, &id, &req, body).await
+        }
+        (Route::Upload(name, id), Method::DELETE) => uploads::cancel(state, &name, &id).await,
+        (Route::Referrers(name, digest), Method::GET) => {
+            referrers::list(state, &name, &digest, &req).await
+        }
+        (route, method) => Err(RegistryError::new(
+            ErrorCode::Unsupported,
+            format!(
+                "{method} is not supported on the {} endpoint",
+                route.label()
+            ),
+        )),
+    }
+}
+
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A header value from text berth generated itself (names, digests, numbers: all ASCII).
+pub(crate) fn header_value(s: impl AsRef<str>) -> HeaderValue {
+    HeaderValue::from_str(s.as_ref()).expect("generated header values are ASCII")
+}

@@ -1,0 +1,112 @@
+//! Assembles the HTTP application: the registry API, health probes and metrics,
+//! behind one metrics-recording middleware.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::registry::{self, RegistryState, RouteLabel};
+
+pub fn app(state: RegistryState) -> Router {
+    let metrics = state.metrics.clone();
+    registry::router(state.clone())
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz).with_state(state.clone()))
+        .route("/metrics", get(serve_metrics).with_state(metrics.clone()))
+        .layer(middleware::from_fn_with_state(metrics, record))
+}
+
+/// Ready when storage answers: a registry that cannot reach its store should not get traffic.
+async fn readyz(State(state): State<RegistryState>) -> Response {
+    match state.store.list_repositories().await {
+        Ok(_) => "ready".into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage unavailable: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn record(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_string();
+    let path_label = match request.uri().path() {
+        "/healthz" => Some("healthz"),
+        "/readyz" => Some("readyz"),
+        "/metrics" => Some("metrics"),
+        _ => None,
+    };
+    let response = next.run(request).await;
+    let route = response
+        .extensions()
+        .get::<RouteLabel>()
+        .map(|l| l.0)
+        .or(path_label)
+        .unwrap_or("other");
+    metrics
+        .http
+        .request_duration
+        .get_or_create(&RouteLabels {
+            route,
+            method: method.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .http
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// Serves `app` until SIGINT or SIGTERM, then finishes in-flight requests.
+pub async fn serve(listener: TcpListener, app: Router) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        // Small manifest replies must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,102 @@
+//! Blobs as a repository sees them: content in the shared store, visible to a
+//! repository only through its link.
+
+use super::Store;
+use super::error::{Result, StorageError};
+use super::layout::Key;
+use super::read::{BlobBody, ByteRange, open_range};
+use crate::oci::{Digest, RepositoryName};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobStat {
+    pub size: u64,
+}
+
+impl Store {
+    /// The blob's size, if `repo` links it.
+    pub async fn stat_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<BlobStat>> {
+        let key = Key::BlobLink(repo, digest).path();
+        let Some(link) = self.get_bytes(&key).await? else {
+            return Ok(None);
+        };
+        let size = std::str::from_utf8(&link)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| StorageError::corrupt(&key, "blob link does not hold a size"))?;
+        Ok(Some(BlobStat { size }))
+    }
+
+    /// Opens the blob for streaming, whole or the requested range. `Ok(None)` when the
+    /// range selects nothing in the blob (the caller answers 416).
+    pub async fn read_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<Option<BlobBody>> {
+        let stat = self
+            .stat_blob(repo, digest)
+            .await?
+            .ok_or_else(|| StorageError::BlobUnknown(digest.clone()))?;
+        let span = match range {
+            None => 0..stat.size,
+            Some(r) => match r.resolve(stat.size) {
+                Some(span) => span,
+                None => return Ok(None),
+            },
+        };
+        open_range(
+            self.objects.as_ref(),
+            &Key::Blob(digest).path(),
+            span,
+            stat.size,
+        )
+        .await
+        .map(Some)
+    }
+
+    /// Records that `repo` holds the (already stored and verified) blob.
+    pub(super) async fn link_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        self.put_bytes(&Key::BlobLink(repo, digest).path(), size.to_string().into())
+            .await
+    }
+
+    /// Cross-repository mount: links a blob `from` another repository (or, without `from`,
+    /// from anywhere in the store) into `repo`, without moving any bytes. Returns the
+    /// blob's size, or `None` when there is nothing to mount and the client must upload.
+    pub async fn mount_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        from: Option<&RepositoryName>,
+    ) -> Result<Option<u64>> {
+        let size = match from {
+            Some(from) => match self.stat_blob(from, digest).await? {
+                Some(stat) => stat.size,
+                None => return Ok(None),
+            },
+            None => match self.os_head(&Key::Blob(digest).path()).await {
+                Ok(meta) => meta.size,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(StorageError::backend("stat", &Key::Blob(digest).path(), e)),
+            },
+        };
+        self.link_blob(repo, digest, size).await?;
+        Ok(Some(size))
+    }
+
+    /// Removes the blob from `repo`. The content stays until garbage collection finds
+    /// nothing else uses it. Returns whether the repository had it.
+    pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
+        self.delete(&Key::BlobLink(repo, digest).path()).await
+    }
+}

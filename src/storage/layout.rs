@@ -1,0 +1,140 @@
+//! Every object key berth writes, in one place.
+//!
+//! ```text
+//! blobs/<alg>/<hex>                                    content (blobs and manifests), shared by all repositories
+//! repositories/<repo>/blobs/<alg>/<hex>                link: this repository may serve that blob
+//! repositories/<repo>/manifests/<alg>/<hex>            link: a manifest revision (JSON ManifestLink)
+//! repositories/<repo>/tags/<tag>                       tag pointer (JSON TagLink), replaced atomically
+//! repositories/<repo>/referrers/<alg>/<hex>/<alg>-<hex> descriptor of a manifest whose subject is <alg>:<hex>
+//! uploads/<id>/state                                   upload session (JSON UploadState)
+//! uploads/<id>/parts/<offset>                          the bytes of one PATCH/PUT, starting at <offset>
+//! ```
+//!
+//! `<repo>` is the repository name with `/` written as `+` (a character names cannot
+//! contain), so the catalog is one delimited listing of `repositories/` rather than a
+//! walk over every object, and a repository's keys never nest inside another's.
+
+use object_store::path::Path;
+
+use crate::oci::{Digest, RepositoryName, Tag};
+
+const REPO_SEPARATOR: char = '+';
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key<'a> {
+    Blob(&'a Digest),
+    BlobLink(&'a RepositoryName, &'a Digest),
+    ManifestLink(&'a RepositoryName, &'a Digest),
+    ManifestLinks(&'a RepositoryName),
+    Tag(&'a RepositoryName, &'a Tag),
+    Tags(&'a RepositoryName),
+    Referrer {
+        repo: &'a RepositoryName,
+        subject: &'a Digest,
+        referrer: &'a Digest,
+    },
+    Referrers(&'a RepositoryName, &'a Digest),
+    Repository(&'a RepositoryName),
+    Repositories,
+    UploadState(&'a str),
+    UploadPart(&'a str, u64),
+    UploadParts(&'a str),
+    Upload(&'a str),
+    Uploads,
+}
+
+fn repo_dir(repo: &RepositoryName) -> String {
+    format!("repositories/{}", repo.as_str().replace('/', "+"))
+}
+
+impl Key<'_> {
+    pub fn path(&self) -> Path {
+        let s = match self {
+            Key::Blob(d) => format!("blobs/{}/{}", d.algorithm(), d.hex()),
+            Key::BlobLink(r, d) => format!("{}/blobs/{}/{}", repo_dir(r), d.algorithm(), d.hex()),
+            Key::ManifestLink(r, d) => {
+                format!("{}/manifests/{}/{}", repo_dir(r), d.algorithm(), d.hex())
+            }
+            Key::ManifestLinks(r) => format!("{}/manifests", repo_dir(r)),
+            Key::Tag(r, t) => format!("{}/tags/{}", repo_dir(r), t.as_str()),
+            Key::Tags(r) => format!("{}/tags", repo_dir(r)),
+            Key::Referrer {
+                repo,
+                subject,
+                referrer,
+            } => format!(
+                "{}/referrers/{}/{}/{}-{}",
+                repo_dir(repo),
+                subject.algorithm(),
+                subject.hex(),
+                referrer.algorithm(),
+                referrer.hex()
+            ),
+            Key::Referrers(r, s) => {
+                format!("{}/referrers/{}/{}", repo_dir(r), s.algorithm(), s.hex())
+            }
+            Key::Repository(r) => repo_dir(r),
+            Key::Repositories => "repositories".to_string(),
+            Key::UploadState(id) => format!("uploads/{id}/state"),
+            // Zero-padded so parts list in byte order.
+            Key::UploadPart(id, offset) => format!("uploads/{id}/parts/{offset:020}"),
+            Key::UploadParts(id) => format!("uploads/{id}/parts"),
+            Key::Upload(id) => format!("uploads/{id}"),
+            Key::Uploads => "uploads".to_string(),
+        };
+        Path::from(s)
+    }
+}
+
+/// Turns a directory name under `repositories/` back into the repository name.
+pub fn repository_from_dir(dir: &str) -> Option<RepositoryName> {
+    dir.replace(REPO_SEPARATOR, "/").parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_has_a_stable_path() {
+        let repo: RepositoryName = "team-a/app".parse().unwrap();
+        let tag: Tag = "v1".parse().unwrap();
+        let d: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let s: Digest = format!("sha512:{}", "cd".repeat(64)).parse().unwrap();
+        let cases = [
+            (Key::Blob(&d), format!("blobs/sha256/{}", d.hex())),
+            (
+                Key::BlobLink(&repo, &d),
+                format!("repositories/team-a+app/blobs/sha256/{}", d.hex()),
+            ),
+            (
+                Key::ManifestLink(&repo, &d),
+                format!("repositories/team-a+app/manifests/sha256/{}", d.hex()),
+            ),
+            (
+                Key::Tag(&repo, &tag),
+                "repositories/team-a+app/tags/v1".into(),
+            ),
+            (
+                Key::Referrer {
+                    repo: &repo,
+                    subject: &s,
+                    referrer: &d,
+                },
+                format!(
+                    "repositories/team-a+app/referrers/sha512/{}/sha256-{}",
+                    s.hex(),
+                    d.hex()
+                ),
+            ),
+            (
+                Key::UploadPart("u1", 42),
+                "uploads/u1/parts/00000000000000000042".into(),
+            ),
+        ];
+        for (key, want) in cases {
+            assert_eq!(key.path().as_ref(), want, "{key:?}");
+        }
+        assert_eq!(repository_from_dir("team-a+app"), Some(repo));
+    }
+}

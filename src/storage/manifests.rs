@@ -1,0 +1,283 @@
+//! Manifests, tags and the referrers index.
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
+use serde::{Deserialize, Serialize};
+
+use super::Store;
+use super::error::{Result, StorageError};
+use super::layout::{self, Key};
+use crate::oci::{
+    Descriptor, Digest, Manifest, ManifestKind, Reference, RepositoryName, Tag,
+    is_non_distributable,
+};
+
+/// Existence checks run this many requests at once; a manifest can list hundreds of layers.
+const CHECK_CONCURRENCY: usize = 16;
+
+/// What a repository records about one manifest revision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestLink {
+    pub media_type: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Digest>,
+}
+
+/// A tag pointer: everything a GET by tag needs, in one small object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TagLink {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+}
+
+impl Store {
+    /// Stores a validated manifest under `reference`. Everything it references must
+    /// already be in `repo`. Returns the manifest's digest.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+        body: Bytes,
+        manifest: &Manifest,
+    ) -> Result<Digest> {
+        let algorithm = match reference {
+            Reference::Digest(d) => d.algorithm(),
+            Reference::Tag(_) => crate::oci::Algorithm::Sha256,
+        };
+        let digest = Digest::of(algorithm, &body);
+        if let Reference::Digest(expected) = reference
+            && expected != &digest
+        {
+            return Err(StorageError::DigestMismatch {
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        self.check_references(repo, manifest).await?;
+
+        // Content first, then the revision link, the referrers entry, and the tag last.
+        self.put_bytes(&Key::Blob(&digest).path(), body.clone())
+            .await?;
+        let link = ManifestLink {
+            media_type: manifest.media_type.clone(),
+            size: body.len() as u64,
+            subject: manifest.subject.as_ref().map(|s| s.digest.clone()),
+        };
+        self.put_json(&Key::ManifestLink(repo, &digest).path(), &link)
+            .await?;
+        if let Some(subject) = &manifest.subject {
+            let descriptor = Descriptor {
+                media_type: manifest.media_type.clone(),
+                digest: digest.clone(),
+                size: body.len() as u64,
+                artifact_type: manifest.effective_artifact_type(),
+                annotations: manifest.annotations.clone(),
+                urls: None,
+                platform: None,
+            };
+            let key = Key::Referrer {
+                repo,
+                subject: &subject.digest,
+                referrer: &digest,
+            };
+            self.put_json(&key.path(), &descriptor).await?;
+        }
+        if let Reference::Tag(tag) = reference {
+            let pointer = TagLink {
+                digest: digest.clone(),
+                media_type: manifest.media_type.clone(),
+                size: body.len() as u64,
+            };
+            self.put_json(&Key::Tag(repo, tag).path(), &pointer).await?;
+        }
+        Ok(digest)
+    }
+
+    async fn check_references(&self, repo: &RepositoryName, manifest: &Manifest) -> Result<()> {
+        let mut wanted: Vec<Key<'_>> = Vec::new();
+        if let Some(config) = &manifest.config {
+            wanted.push(Key::BlobLink(repo, &config.digest));
+        }
+        for d in &manifest.references {
+            match manifest.kind {
+                ManifestKind::Image if is_non_distributable(&d.media_type) => {}
+                ManifestKind::Image => wanted.push(Key::BlobLink(repo, &d.digest)),
+                ManifestKind::Index => wanted.push(Key::ManifestLink(repo, &d.digest)),
+            }
+        }
+        // Owned keys and digests: borrowed data inside buffered streams trips rustc's
+        // `Send` inference for the handler futures.
+        let checks: Vec<(object_store::path::Path, Digest)> = wanted
+            .iter()
+            .map(|k| match k {
+                Key::BlobLink(_, d) | Key::ManifestLink(_, d) => (k.path(), (*d).clone()),
+                _ => unreachable!("only link keys are checked"),
+            })
+            .collect();
+        let store = self.clone();
+        stream::iter(checks)
+            .map(move |(key, digest)| {
+                let store = store.clone();
+                async move {
+                    match store.exists(&key).await? {
+                        true => Ok(()),
+                        false => Err(StorageError::ManifestBlobUnknown(digest)),
+                    }
+                }
+            })
+            .buffer_unordered(CHECK_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    pub async fn resolve_tag(&self, repo: &RepositoryName, tag: &Tag) -> Result<Option<TagLink>> {
+        self.get_json(&Key::Tag(repo, tag).path()).await
+    }
+
+    pub async fn manifest_link(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestLink>> {
+        self.get_json(&Key::ManifestLink(repo, digest).path()).await
+    }
+
+    /// The manifest's digest, media type and size, without its body (for HEAD).
+    pub async fn stat_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<Option<TagLink>> {
+        match reference {
+            Reference::Tag(tag) => self.resolve_tag(repo, tag).await,
+            Reference::Digest(digest) => {
+                Ok(self.manifest_link(repo, digest).await?.map(|l| TagLink {
+                    digest: digest.clone(),
+                    media_type: l.media_type,
+                    size: l.size,
+                }))
+            }
+        }
+    }
+
+    pub async fn get_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>> {
+        let Some(found) = self.stat_manifest(repo, reference).await? else {
+            return Ok(None);
+        };
+        let key = Key::Blob(&found.digest).path();
+        let bytes = self
+            .get_bytes(&key)
+            .await?
+            .ok_or_else(|| StorageError::corrupt(&key, "manifest content is missing"))?;
+        Ok(Some(StoredManifest {
+            digest: found.digest,
+            media_type: found.media_type,
+            bytes,
+        }))
+    }
+
+    /// Deletes a tag, or a manifest revision together with every tag that points at it.
+    /// Returns whether there was anything to delete.
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<bool> {
+        match reference {
+            Reference::Tag(tag) => self.delete(&Key::Tag(repo, tag).path()).await,
+            Reference::Digest(digest) => {
+                let Some(link) = self.manifest_link(repo, digest).await? else {
+                    return Ok(false);
+                };
+                for tag in self.list_tags(repo).await?.unwrap_or_default() {
+                    let tag: Tag = match tag.parse() {
+                        Ok(t) => t,
+                        Err(_) => continue,
+                    };
+                    if self
+                        .resolve_tag(repo, &tag)
+                        .await?
+                        .is_some_and(|t| &t.digest == digest)
+                    {
+                        self.delete(&Key::Tag(repo, &tag).path()).await?;
+                    }
+                }
+                if let Some(subject) = &link.subject {
+                    let key = Key::Referrer {
+                        repo,
+                        subject,
+                        referrer: digest,
+                    };
+                    self.delete(&key.path()).await?;
+                }
+                self.delete(&Key::ManifestLink(repo, digest).path()).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The repository's tags in lexical order, or `None` if the repository does not exist.
+    pub async fn list_tags(&self, repo: &RepositoryName) -> Result<Option<Vec<String>>> {
+        let (mut tags, _) = self.list_children(&Key::Tags(repo).path()).await?;
+        if tags.is_empty() && !self.repository_exists(repo).await? {
+            return Ok(None);
+        }
+        tags.sort_unstable();
+        Ok(Some(tags))
+    }
+
+    pub async fn repository_exists(&self, repo: &RepositoryName) -> Result<bool> {
+        let (objects, dirs) = self.list_children(&Key::Repository(repo).path()).await?;
+        Ok(!objects.is_empty() || !dirs.is_empty())
+    }
+
+    /// Every repository name, in lexical order.
+    pub async fn list_repositories(&self) -> Result<Vec<String>> {
+        let (_, dirs) = self.list_children(&Key::Repositories.path()).await?;
+        let mut names: Vec<String> = dirs
+            .iter()
+            .filter_map(|d| layout::repository_from_dir(d))
+            .map(|n| n.to_string())
+            .collect();
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    /// Descriptors of the manifests in `repo` whose subject is `subject`.
+    pub async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>> {
+        let prefix = Key::Referrers(repo, subject).path();
+        let (entries, _) = self.list_children(&prefix).await?;
+        let store = self.clone();
+        let mut found: Vec<Descriptor> = stream::iter(entries)
+            .map(move |name| {
+                let key = prefix.clone().join(name.as_str());
+                let store = store.clone();
+                async move { store.get_json::<Descriptor>(&key).await }
+            })
+            .buffer_unordered(CHECK_CONCURRENCY)
+            .try_filter_map(|d| async move { Ok(d) })
+            .try_collect()
+            .await?;
+        found.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(found)
+    }
+}

@@ -1,0 +1,160 @@
+//! The content-addressed store: blobs, manifests, tags, referrers and upload sessions,
+//! on any `object_store` backend. Only this module touches the object store, and only
+//! `layout.rs` knows object keys.
+//!
+//! Ordering rules that keep data whole when the process dies at any instant:
+//! content is written (and verified) before any link to it, and a tag pointer is
+//! written last, with a single atomic put; readers therefore never see a tag whose
+//! manifest or blobs are missing.
+
+mod backend;
+mod blobs;
+mod error;
+mod hasher;
+pub mod layout;
+mod manifests;
+mod read;
+mod uploads;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
+    PutOptions, PutPayload, RenameOptions, RenameTargetMode,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use backend::{BackendError, StorageLocation};
+pub use blobs::BlobStat;
+pub use error::{Result, StorageError};
+pub use hasher::Hasher;
+pub use manifests::{ManifestLink, StoredManifest, TagLink};
+pub use read::{BlobBody, ByteRange};
+pub use uploads::{UploadLocks, UploadState};
+
+/// Registry content on one object store.
+#[derive(Clone)]
+pub struct Store {
+    objects: Arc<dyn ObjectStore>,
+    uploads: UploadLocks,
+}
+
+impl Store {
+    pub fn new(objects: Arc<dyn ObjectStore>) -> Self {
+        Store {
+            objects,
+            uploads: UploadLocks::default(),
+        }
+    }
+
+    pub fn open(location: &StorageLocation) -> Result<Self, BackendError> {
+        Ok(Store::new(location.open()?))
+    }
+
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    // The object store's convenience methods (`ObjectStoreExt`) return futures that are
+    // not `Send`, so berth calls the base trait through these few wrappers.
+
+    async fn os_get(&self, key: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        self.objects.get_opts(key, options).await
+    }
+
+    async fn os_head(&self, key: &Path) -> object_store::Result<ObjectMeta> {
+        Ok(self
+            .os_get(key, GetOptions::new().with_head(true))
+            .await?
+            .meta)
+    }
+
+    async fn os_delete(&self, key: &Path) -> object_store::Result<()> {
+        let key = key.clone();
+        let mut results = self
+            .objects
+            .delete_stream(futures::stream::once(async move { Ok(key) }).boxed());
+        while results.try_next().await?.is_some() {}
+        Ok(())
+    }
+
+    async fn os_rename(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+        let options = RenameOptions::new().with_target_mode(RenameTargetMode::Overwrite);
+        self.objects.rename_opts(from, to, options).await
+    }
+
+    async fn os_put_multipart(&self, key: &Path) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.objects
+            .put_multipart_opts(key, PutMultipartOptions::default())
+            .await
+    }
+
+    async fn get_bytes(&self, key: &Path) -> Result<Option<Bytes>> {
+        match self.os_get(key, GetOptions::default()).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(|e| StorageError::backend("read", key, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StorageError::backend("read", key, e)),
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, key: &Path) -> Result<Option<T>> {
+        match self.get_bytes(key).await? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StorageError::corrupt(key, e)),
+        }
+    }
+
+    async fn put_bytes(&self, key: &Path, data: Bytes) -> Result<()> {
+        self.objects
+            .put_opts(key, PutPayload::from_bytes(data), PutOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| StorageError::backend("write", key, e))
+    }
+
+    async fn put_json<T: Serialize>(&self, key: &Path, value: &T) -> Result<()> {
+        let data = serde_json::to_vec(value).expect("storage records always serialize");
+        self.put_bytes(key, data.into()).await
+    }
+
+    async fn exists(&self, key: &Path) -> Result<bool> {
+        match self.os_head(key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(StorageError::backend("stat", key, e)),
+        }
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    async fn delete(&self, key: &Path) -> Result<bool> {
+        match self.os_delete(key).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(StorageError::backend("delete", key, e)),
+        }
+    }
+
+    /// Names of the objects and folders directly under `prefix`.
+    async fn list_children(&self, prefix: &Path) -> Result<(Vec<String>, Vec<String>)> {
+        let listing = self
+            .objects
+            .list_with_delimiter(Some(prefix))
+            .await
+            .map_err(|e| StorageError::backend("list", prefix, e))?;
+        let names = |p: &Path| p.filename().unwrap_or_default().to_string();
+        Ok((
+            listing.objects.iter().map(|o| names(&o.location)).collect(),
+            listing.common_prefixes.iter().map(names).collect(),
+        ))
+    }
+}

@@ -5,7 +5,7 @@ use futures::StreamExt;
 
 use super::error::{ErrorCode, RegistryError, Result};
 use super::{RegistryState, Request, header_value};
-use crate::oci::{Manifest, Reference, RepositoryName};
+use crate::oci::{Manifest, Reference, RepositoryName, Tag};
 use crate::storage::StorageError;
 
 /// Manifests larger than this are refused; the spec asks registries to accept at least 4 MiB.
@@ -94,12 +94,17 @@ pub async fn put(
         )
         .with_status(StatusCode::PAYLOAD_TOO_LARGE));
     }
+    // `?tag=` (repeatable) points more tags at the manifest in the same request.
+    let extra_tags = req
+        .query_all("tag")
+        .map(str::parse)
+        .collect::<std::result::Result<Vec<Tag>, _>>()?;
     let content_type = req.header(header::CONTENT_TYPE).map(str::to_string);
     let body = read_limited(body).await?;
     let manifest = Manifest::parse(content_type.as_deref(), &body)?;
     let digest = match state
         .store
-        .put_manifest(name, reference, body, &manifest)
+        .put_manifest(name, reference, &extra_tags, body, &manifest)
         .await
     {
         Ok(d) => d,
@@ -119,6 +124,9 @@ pub async fn put(
     );
     h.insert("docker-content-digest", header_value(digest.to_string()));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    for tag in &extra_tags {
+        h.append("oci-tag", header_value(tag.as_str()));
+    }
     if let Some(subject) = &manifest.subject {
         h.insert("oci-subject", header_value(subject.digest.to_string()));
     }

@@ -41,12 +41,13 @@ pub struct StoredManifest {
 }
 
 impl Store {
-    /// Stores a validated manifest under `reference`. Everything it references must
-    /// already be in `repo`. Returns the manifest's digest.
+    /// Stores a validated manifest under `reference`, and points `extra_tags` at it too.
+    /// Everything it references must already be in `repo`. Returns the manifest's digest.
     pub async fn put_manifest(
         &self,
         repo: &RepositoryName,
         reference: &Reference,
+        extra_tags: &[Tag],
         body: Bytes,
         manifest: &Manifest,
     ) -> Result<Digest> {
@@ -92,12 +93,16 @@ impl Store {
             };
             self.put_json(&key.path(), &descriptor).await?;
         }
-        if let Reference::Tag(tag) = reference {
-            let pointer = TagLink {
-                digest: digest.clone(),
-                media_type: manifest.media_type.clone(),
-                size: body.len() as u64,
-            };
+        let pointer = TagLink {
+            digest: digest.clone(),
+            media_type: manifest.media_type.clone(),
+            size: body.len() as u64,
+        };
+        let reference_tag = match reference {
+            Reference::Tag(tag) => Some(tag),
+            Reference::Digest(_) => None,
+        };
+        for tag in reference_tag.into_iter().chain(extra_tags) {
             self.put_json(&Key::Tag(repo, tag).path(), &pointer).await?;
         }
         Ok(digest)

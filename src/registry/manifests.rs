@@ -48,9 +48,25 @@ pub async fn get(
     Ok(response)
 }
 
+/// Past the limit, a body is still read (and dropped) up to this size, so the client gets
+/// to read the 413 instead of a connection reset mid-send.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+fn too_large(len: usize) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::SizeInvalid,
+        format!(
+            "manifest of {len} bytes or more is larger than the {} MiB limit",
+            MAX_MANIFEST_BYTES >> 20
+        ),
+    )
+    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+}
+
 async fn read_limited(body: axum::body::Body) -> Result<Bytes> {
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
+    let mut seen = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             RegistryError::new(
@@ -58,17 +74,16 @@ async fn read_limited(body: axum::body::Body) -> Result<Bytes> {
                 format!("manifest body could not be read: {e}"),
             )
         })?;
-        if buf.len() + chunk.len() > MAX_MANIFEST_BYTES {
-            return Err(RegistryError::new(
-                ErrorCode::SizeInvalid,
-                format!(
-                    "manifest is larger than the {} MiB limit",
-                    MAX_MANIFEST_BYTES >> 20
-                ),
-            )
-            .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+        seen += chunk.len();
+        if seen > DRAIN_LIMIT {
+            return Err(too_large(seen));
         }
-        buf.extend_from_slice(&chunk);
+        if seen <= MAX_MANIFEST_BYTES {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if seen > MAX_MANIFEST_BYTES {
+        return Err(too_large(seen));
     }
     Ok(buf.freeze())
 }
@@ -83,16 +98,9 @@ pub async fn put(
     if let Some(len) = req
         .header(header::CONTENT_LENGTH)
         .and_then(|l| l.parse::<usize>().ok())
-        && len > MAX_MANIFEST_BYTES
+        && len > DRAIN_LIMIT
     {
-        return Err(RegistryError::new(
-            ErrorCode::SizeInvalid,
-            format!(
-                "manifest of {len} bytes is larger than the {} MiB limit",
-                MAX_MANIFEST_BYTES >> 20
-            ),
-        )
-        .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+        return Err(too_large(len));
     }
     // `?tag=` (repeatable) points more tags at the manifest in the same request.
     let extra_tags = req

@@ -172,6 +172,9 @@ kubeconfig "$dir/kube-scheduler.kubeconfig" kube-scheduler
 
 # --- processes ---------------------------------------------------------------
 
+# kubectl as admin, with its discovery cache kept in DIR rather than ~/.kube.
+kube() { kubectl --kubeconfig="$dir/kubeconfig" --cache-dir="$dir/kubectl-cache" "$@"; }
+
 # launch NAME CMD...: run in the background, log to DIR/NAME.log, PID in DIR/NAME.pid.
 launch() {
   local name=$1
@@ -220,7 +223,7 @@ launch kube-apiserver "$bin/kube-apiserver" \
   --endpoint-reconciler-type=none \
   --profiling=false
 wait_until "kube-apiserver /readyz" kube-apiserver \
-  kubectl --kubeconfig="$dir/kubeconfig" get --raw /readyz
+  kube get --raw /readyz
 
 launch kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig="$dir/kube-controller-manager.kubeconfig" \
@@ -231,6 +234,7 @@ launch kube-controller-manager "$bin/kube-controller-manager" \
   --root-ca-file="$pki/ca.crt" \
   --cluster-signing-cert-file="$pki/ca.crt" \
   --cluster-signing-key-file="$pki/ca.key" \
+  --flex-volume-plugin-dir="$dir/flexvolume" \
   --profiling=false
 
 cat >"$dir/kube-scheduler.yaml" <<EOF
@@ -261,7 +265,7 @@ launch kwok "$bin/kwok" \
   --cidr=10.244.0.0/16 \
   --node-ip=127.0.0.1
 
-kubectl --kubeconfig="$dir/kubeconfig" apply -f - >/dev/null <<EOF
+kube apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Node
 metadata:
@@ -287,13 +291,13 @@ status:
 EOF
 
 node_ready() {
-  [[ $(kubectl --kubeconfig="$dir/kubeconfig" get node "$node_name" \
+  [[ $(kube get node "$node_name" \
     -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == True ]]
 }
 wait_until "node $node_name Ready" kwok node_ready
 # Pods of a new namespace need its default ServiceAccount (controller-manager).
 wait_until "the default ServiceAccount" kube-controller-manager \
-  kubectl --kubeconfig="$dir/kubeconfig" -n default get serviceaccount default
+  kube -n default get serviceaccount default
 for name in kube-scheduler kube-controller-manager kwok; do
   kill -0 "$(cat "$dir/$name.pid")" 2>/dev/null || die "$name exited"
 done

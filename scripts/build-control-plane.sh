@@ -42,7 +42,7 @@ build() {
   if [[ ! -x $out ]]; then
     echo "build-control-plane: building $name $version ..."
     local start=$SECONDS
-    (cd "$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
+    (cd "$dir" && go build -trimpath -buildvcs=false -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
     mv -f "$out.tmp" "$out"
     echo "build-control-plane: built $name $version in $((SECONDS - start))s"
   else

@@ -4,8 +4,10 @@
 //! Data flows one way: HTTP ([`registry`]) → storage ([`storage`]). Neither depends on
 //! Kubernetes.
 
+pub mod api;
 pub mod metrics;
 pub mod oci;
+pub mod policy;
 pub mod registry;
 pub mod server;
 pub mod storage;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use berth::metrics::Metrics;
+use berth::policy::{Policy, Snapshot};
 use berth::registry::RegistryState;
 use berth::storage::{StorageLocation, Store};
 
@@ -31,6 +32,35 @@ enum LogFormat {
 enum Command {
     /// Run the registry standalone, without a Kubernetes cluster.
     Serve(ServeArgs),
+    /// Print the CustomResourceDefinitions of berth's resources as YAML (for `kubectl apply -f -`).
+    Crds(CrdsArgs),
+}
+
+#[derive(clap::Args)]
+struct CrdsArgs {
+    /// Write one file per CRD into this directory instead of printing them.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+}
+
+fn crds(args: CrdsArgs) -> anyhow::Result<()> {
+    let crds = berth::api::crds();
+    match args.out_dir {
+        None => {
+            for crd in &crds {
+                print!("---\n{}", berth::api::crd_yaml(crd));
+            }
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for crd in &crds {
+                let path = dir.join(berth::api::crd_file_name(crd));
+                std::fs::write(&path, berth::api::crd_yaml(crd))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -70,6 +100,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = RegistryState {
         store,
         metrics: Metrics::new(),
+        policy: Policy::new(Snapshot::open()),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -87,5 +118,6 @@ async fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Crds(args) => crds(args),
     }
 }

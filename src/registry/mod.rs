@@ -22,6 +22,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
 use crate::metrics::Metrics;
+use crate::oci::RepositoryName;
+use crate::policy::Policy;
 use crate::storage::Store;
 use error::{ErrorCode, RegistryError, Result};
 use routes::Route;
@@ -31,6 +33,17 @@ use routes::Route;
 pub struct RegistryState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    pub policy: Policy,
+}
+
+impl RegistryState {
+    /// Refuses writes into namespaces (or undeclared repositories) the configuration does not allow.
+    pub(crate) fn check_push(&self, repo: &RepositoryName) -> Result<()> {
+        self.policy
+            .current()
+            .check_push(repo)
+            .map_err(|refusal| RegistryError::new(ErrorCode::Denied, refusal.to_string()))
+    }
 }
 
 /// The route label of a response, for the metrics middleware.
@@ -104,6 +117,10 @@ async fn dispatch(State(state): State<RegistryState>, request: axum::extract::Re
 }
 
 async fn handle(state: &RegistryState, route: Route, req: Request, body: Body) -> Result<Response> {
+    let writes = matches!(req.method, Method::PUT | Method::POST | Method::PATCH);
+    if writes && let Some(repo) = route.repository() {
+        state.check_push(repo)?;
+    }
     match (route, req.method.clone()) {
         (Route::Base, Method::GET | Method::HEAD) => {
             Ok(json_response(StatusCode::OK, b"{}".to_vec()))

@@ -26,6 +26,19 @@ pub enum Route {
 }
 
 impl Route {
+    /// The repository the request addresses, if any.
+    pub fn repository(&self) -> Option<&RepositoryName> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::Tags(n)
+            | Route::Manifest(n, _)
+            | Route::Blob(n, _)
+            | Route::Uploads(n)
+            | Route::Upload(n, _)
+            | Route::Referrers(n, _) => Some(n),
+        }
+    }
+
     /// A low-cardinality label for metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {

@@ -1,0 +1,190 @@
+//! What the registry enforces, as plain data: namespaces and repositories declared
+//! by the custom resources (in a cluster) or by YAML files (standalone). The registry
+//! reads one immutable [`Snapshot`] per request; whoever watches the configuration
+//! swaps in a new one when it changes. Nothing here depends on Kubernetes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::api::{Member, Quota, Visibility};
+use crate::oci::RepositoryName;
+
+/// The registry namespace every installation has unless it is declared otherwise.
+pub const DEFAULT_NAMESPACE: &str = "library";
+
+/// A registry namespace as the registry enforces it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespacePolicy {
+    pub visibility: Visibility,
+    pub members: Vec<Member>,
+    pub quota: Option<Quota>,
+    pub auto_create_repositories: bool,
+}
+
+impl NamespacePolicy {
+    /// `library`, when nobody declared it: public, and open to repositories created by push.
+    pub fn default_library() -> Self {
+        NamespacePolicy {
+            visibility: Visibility::Public,
+            members: Vec::new(),
+            quota: None,
+            auto_create_repositories: true,
+        }
+    }
+}
+
+/// A declared repository as the registry enforces it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepositoryPolicy {
+    pub visibility: Option<Visibility>,
+    pub members: Vec<Member>,
+    pub immutable_tags: Vec<String>,
+    pub quota: Option<Quota>,
+}
+
+/// Why a push is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushRefusal {
+    #[error(
+        "namespace {0:?} does not exist: declare it with a berth Namespace resource named {0:?}"
+    )]
+    NoNamespace(String),
+    #[error(
+        "repository {repository:?} is not declared, and namespace {namespace:?} does not create repositories on push (spec.autoCreateRepositories is false): declare it with a berth Repository resource"
+    )]
+    NotDeclared {
+        namespace: String,
+        repository: String,
+    },
+}
+
+/// One consistent view of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Without any configuration source, every namespace exists and accepts pushes:
+    /// what a newcomer running `berth serve` expects.
+    pub open: bool,
+    pub namespaces: HashMap<String, NamespacePolicy>,
+    /// Keyed by full repository name (`namespace/path`).
+    pub repositories: HashMap<String, RepositoryPolicy>,
+}
+
+impl Snapshot {
+    pub fn open() -> Self {
+        Snapshot {
+            open: true,
+            ..Default::default()
+        }
+    }
+
+    /// A managed snapshot from declared namespaces and repositories. `library` is added,
+    /// public, unless declared.
+    pub fn managed(
+        namespaces: impl IntoIterator<Item = (String, NamespacePolicy)>,
+        repositories: impl IntoIterator<Item = (String, RepositoryPolicy)>,
+    ) -> Self {
+        let mut namespaces: HashMap<_, _> = namespaces.into_iter().collect();
+        namespaces
+            .entry(DEFAULT_NAMESPACE.to_string())
+            .or_insert_with(NamespacePolicy::default_library);
+        Snapshot {
+            open: false,
+            namespaces,
+            repositories: repositories.into_iter().collect(),
+        }
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&NamespacePolicy> {
+        self.namespaces.get(name)
+    }
+
+    pub fn repository(&self, repo: &RepositoryName) -> Option<&RepositoryPolicy> {
+        self.repositories.get(repo.as_str())
+    }
+
+    /// Whether content may be pushed into `repo` at all (who may push is the auth layer's question).
+    pub fn check_push(&self, repo: &RepositoryName) -> Result<(), PushRefusal> {
+        if self.open {
+            return Ok(());
+        }
+        let namespace = repo.namespace();
+        let policy = self
+            .namespace(namespace)
+            .ok_or_else(|| PushRefusal::NoNamespace(namespace.to_string()))?;
+        if !policy.auto_create_repositories && self.repository(repo).is_none() {
+            return Err(PushRefusal::NotDeclared {
+                namespace: namespace.to_string(),
+                repository: repo.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The live configuration: readers take the current snapshot, the watcher replaces it.
+#[derive(Clone)]
+pub struct Policy(Arc<RwLock<Arc<Snapshot>>>);
+
+impl Policy {
+    pub fn new(snapshot: Snapshot) -> Self {
+        Policy(Arc::new(RwLock::new(Arc::new(snapshot))))
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.0.read().expect("policy lock poisoned").clone()
+    }
+
+    pub fn replace(&self, snapshot: Snapshot) {
+        *self.0.write().expect("policy lock poisoned") = Arc::new(snapshot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(s: &str) -> RepositoryName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_open_registry_accepts_any_namespace() {
+        assert_eq!(
+            Snapshot::open().check_push(&repo("anything/at/all")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_managed_registry_needs_the_namespace_and_has_library_by_default() {
+        let snapshot = Snapshot::managed([], []);
+        assert_eq!(snapshot.check_push(&repo("library/nginx")), Ok(()));
+        assert_eq!(
+            snapshot.check_push(&repo("team-b/app")),
+            Err(PushRefusal::NoNamespace("team-b".into()))
+        );
+    }
+
+    #[test]
+    fn without_auto_create_only_declared_repositories_take_pushes() {
+        let strict = NamespacePolicy {
+            auto_create_repositories: false,
+            ..NamespacePolicy::default_library()
+        };
+        let declared = RepositoryPolicy {
+            visibility: None,
+            members: vec![],
+            immutable_tags: vec![],
+            quota: None,
+        };
+        let snapshot = Snapshot::managed(
+            [("team-a".to_string(), strict)],
+            [("team-a/web".to_string(), declared)],
+        );
+        assert_eq!(snapshot.check_push(&repo("team-a/web")), Ok(()));
+        assert!(matches!(
+            snapshot.check_push(&repo("team-a/other")),
+            Err(PushRefusal::NotDeclared { .. })
+        ));
+    }
+}

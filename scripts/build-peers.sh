@@ -7,8 +7,15 @@
 # the other (the machines have 2 cores).  Versions are pinned below and can be
 # overridden from the environment (e.g. CRANE_VERSION=v0.21.8).
 #
-# Default set: oci-conformance crane oras regctl minio
+# Default set: oci-conformance crane oras regctl minio helm
 # Optional:    distribution  (CNCF distribution v3 `registry`, as `distribution-registry`)
+#
+# helm is in the default set because the chart tests (helm lint, helm template,
+# helm install against the test control plane) need it.  Offline, `helm
+# template` and `helm lint` assume the Kubernetes version compiled into helm
+# (1.20 unless set with -X), so it is built with HELM_K8S_VERSION (default
+# 1.33, the version scripts/build-control-plane.sh builds) in both chartutil
+# and lint/rules, the way helm's own Makefile does.
 #
 # -----------------------------------------------------------------------------
 # The OCI conformance suite (`oci-conformance.test`)
@@ -91,8 +98,10 @@ set -euo pipefail
 : "${REGCTL_VERSION:=v0.11.5}"
 : "${MINIO_VERSION:=v0.0.0-20260212201848-7aac2a2c5b7c}" # master 2026-02-12; RELEASE.2025-10-15T17-29-55Z (9e49d5e7a648) is 403
 : "${DISTRIBUTION_VERSION:=v3.1.1}"
+: "${HELM_VERSION:=v3.21.4}"
+: "${HELM_K8S_VERSION:=1.33}" # what offline `helm template`/`helm lint` take as the cluster version
 
-DEFAULT_TOOLS=(oci-conformance crane oras regctl minio)
+DEFAULT_TOOLS=(oci-conformance crane oras regctl minio helm)
 ALL_TOOLS=("${DEFAULT_TOOLS[@]}" distribution)
 
 VERSIONS_DIR="$BERTH_BIN/.versions"
@@ -174,6 +183,13 @@ build_distribution() {
   go_install_to "github.com/distribution/distribution/v3/cmd/registry@$DISTRIBUTION_VERSION" \
     "-s -w -X github.com/distribution/distribution/v3/version.version=$DISTRIBUTION_VERSION" "$1"
 }
+build_helm() {
+  local major="${HELM_K8S_VERSION%%.*}" minor="${HELM_K8S_VERSION#*.}" p=helm.sh/helm/v3
+  go_install_to "$p/cmd/helm@$HELM_VERSION" \
+    "-s -w -X $p/internal/version.version=$HELM_VERSION -X $p/internal/version.gitTreeState=clean \
+ -X $p/pkg/chartutil.k8sVersionMajor=$major -X $p/pkg/chartutil.k8sVersionMinor=$minor \
+ -X $p/pkg/lint/rules.k8sVersionMajor=$major -X $p/pkg/lint/rules.k8sVersionMinor=$minor" "$1"
+}
 
 build_tool() {
   case "$1" in
@@ -183,6 +199,7 @@ build_tool() {
     regctl)          provide regctl "regctl-$REGCTL_VERSION" build_regctl ;;
     minio)           provide minio "minio-$MINIO_VERSION" build_minio ;;
     distribution)    provide distribution-registry "distribution-registry-$DISTRIBUTION_VERSION" build_distribution ;;
+    helm)            provide helm "helm-$HELM_VERSION-k8s$HELM_K8S_VERSION" build_helm ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
   esac
 }

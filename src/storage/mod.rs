@@ -137,6 +137,11 @@ impl Store {
 
     /// Deletes `key`; returns whether it existed.
     async fn delete(&self, key: &Path) -> Result<bool> {
+        // S3 answers a delete of a missing key with success (only the local filesystem
+        // says NotFound), so ask first: callers answer 404 on `false`.
+        if !self.exists(key).await? {
+            return Ok(false);
+        }
         match self.os_delete(key).await {
             Ok(()) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),

@@ -1,0 +1,68 @@
+//! One storage suite, run unchanged on every backend (as CNCF distribution's driver
+//! test suites are): the local filesystem, and a real MinIO server on loopback.
+//!
+//! Each function in `suite.rs` gets a fresh, empty `Store`; `storage_suite!` below
+//! expands every one of them into `local::NAME` and `minio::NAME` tests, so
+//! `cargo test --test storage local::` or `minio::` runs one backend. The MinIO tests
+//! share one server per test process, each under its own key prefix (see
+//! `minio_server.rs`, which also makes sure the server dies with the process).
+//! `e2e.rs` runs the real `berth serve` on MinIO over HTTP.
+//!
+//! Without a MinIO binary (scripts/build-peers.sh builds one) the MinIO tests skip
+//! loudly, or fail when CI=true.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod backends;
+mod e2e;
+mod minio_server;
+mod sigv4;
+mod suite;
+
+macro_rules! storage_suite {
+    ($($test:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let backend = crate::backends::local();
+                    crate::suite::$test(backend.store.clone()).await;
+                }
+            )*
+        }
+
+        mod minio {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let Some(backend) = crate::backends::minio(stringify!($test)) else {
+                        return;
+                    };
+                    crate::suite::$test(backend.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+storage_suite! {
+    blob_put_and_read_whole_and_by_ranges,
+    chunked_upload_with_multipart_chunks,
+    upload_status_resumes_after_append,
+    out_of_order_chunk_is_rejected_and_upload_stays_usable,
+    wrong_digest_is_rejected_and_leaves_nothing,
+    upload_finished_with_another_algorithm,
+    cancel_removes_the_session,
+    mount_from_another_repository,
+    delete_blob_removes_only_that_link,
+    manifest_with_missing_blobs_is_rejected_and_stores_nothing,
+    manifest_by_tag_and_by_digest,
+    manifest_pushed_by_a_wrong_digest_is_refused,
+    tags_are_listed_sorted,
+    repositories_include_nested_names,
+    delete_manifest_by_digest_removes_its_tags,
+    referrers_index_lists_manifests_with_a_subject,
+    concurrent_tag_pushes_leave_exactly_one_whole_manifest,
+    large_blob_streams_out_with_the_right_digest,
+}

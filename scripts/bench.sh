@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Benchmarks berth next to CNCF distribution (Debian's docker-registry) on this
+# machine: builds berth in release, puts both registries' data on a fresh tmpfs,
+# starts them on loopback ports, runs `cargo bench --bench registry` against both
+# and tears everything down. See benches/README.md for what is measured.
+#
+#   scripts/bench.sh [bench options...]     e.g. scripts/bench.sh --quick
+#
+# Options after the script name go to the bench (`--help` lists them).
+# Environment:
+#   BENCH_TMPFS_SIZE   size of the tmpfs (default 4g)
+#   BENCH_MAX_LOAD     wait (up to BENCH_WAIT_SECS, default 600) until the 1-minute
+#                      load average is below this before measuring
+#   DOCKER_REGISTRY    the distribution binary (default: docker-registry on PATH)
+#   RUST_LOG           berth's log filter (default warn: no per-request logging)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+DOCKER_REGISTRY="${DOCKER_REGISTRY:-docker-registry}"
+command -v "$DOCKER_REGISTRY" >/dev/null ||
+  die "$DOCKER_REGISTRY not found (Debian package docker-registry; scripts/install-system-packages.sh)"
+
+log "building berth (release) and the bench"
+cargo build --release --bin berth
+cargo bench --bench registry --no-run
+
+WORK=$(mktemp -d /tmp/berth-bench.XXXXXX)
+MNT=""
+BERTH_PID=""
+PEER_PID=""
+cleanup() {
+  set +e
+  for pid in $BERTH_PID $PEER_PID; do
+    kill "$pid" 2>/dev/null
+  done
+  for pid in $BERTH_PID $PEER_PID; do
+    wait "$pid" 2>/dev/null
+  done
+  [ -n "$MNT" ] && umount "$MNT"
+  rm -rf "$WORK"
+  [ -n "${SHM_DIR:-}" ] && rm -rf "$SHM_DIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Registry data on tmpfs, so the disk is out of the comparison.
+if mkdir -p "$WORK/tmpfs" &&
+  mount -t tmpfs -o "size=${BENCH_TMPFS_SIZE:-4g},mode=0700" berth-bench "$WORK/tmpfs" 2>"$WORK/mount.err"; then
+  MNT="$WORK/tmpfs"
+  DATA="$MNT"
+  STORAGE_NOTE="tmpfs mounted at $MNT (size ${BENCH_TMPFS_SIZE:-4g})"
+else
+  log "mount -t tmpfs failed ($(cat "$WORK/mount.err")); falling back to /dev/shm"
+  [ -d /dev/shm ] || die "no /dev/shm either; cannot keep the data in memory"
+  SHM_DIR=$(mktemp -d /dev/shm/berth-bench.XXXXXX)
+  DATA="$SHM_DIR"
+  STORAGE_NOTE="/dev/shm (tmpfs mount failed, fell back to the shared tmpfs)"
+fi
+log "registry data on: $STORAGE_NOTE"
+
+# A free loopback port (the kernel picks one; it stays free for the moment we need it).
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_http() { # URL NAME
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "$1/v2/" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  die "$2 did not answer at $1/v2/"
+}
+
+# berth: the release binary, as deployed.
+RUST_LOG="${RUST_LOG:-warn}" target/release/berth serve --listen 127.0.0.1:0 \
+  --data-dir "$DATA/berth" >"$WORK/berth.out" 2>"$WORK/berth.log" &
+BERTH_PID=$!
+for _ in $(seq 1 100); do
+  grep -q 'listening on http://' "$WORK/berth.out" 2>/dev/null && break
+  kill -0 "$BERTH_PID" 2>/dev/null || { cat "$WORK/berth.log" >&2; die "berth exited"; }
+  sleep 0.1
+done
+BERTH_URL=$(sed -n 's|.*listening on \(http://[^ ]*\).*|\1|p' "$WORK/berth.out" | head -1)
+[ -n "$BERTH_URL" ] || die "berth did not print its address"
+wait_http "$BERTH_URL" berth
+
+# distribution: the storage settings of Debian's shipped config (in-memory blob
+# descriptor cache), with per-request logging off as berth has none.
+PEER_PORT=$(free_port)
+cat >"$WORK/registry.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: $DATA/distribution
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$PEER_PORT
+EOF
+"$DOCKER_REGISTRY" serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
+PEER_PID=$!
+PEER_URL="http://127.0.0.1:$PEER_PORT"
+wait_http "$PEER_URL" distribution
+
+if [ -n "${BENCH_MAX_LOAD:-}" ]; then
+  deadline=$(($(date +%s) + ${BENCH_WAIT_SECS:-600}))
+  while :; do
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    awk -v l="$load" -v m="$BENCH_MAX_LOAD" 'BEGIN { exit !(l < m) }' && break
+    [ "$(date +%s)" -ge "$deadline" ] && { log "load still $load; measuring anyway"; break; }
+    sleep 5
+  done
+fi
+
+log "berth $BERTH_URL (pid $BERTH_PID), distribution $PEER_URL (pid $PEER_PID)"
+echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ); uptime:$(uptime)"
+echo "distribution: $("$DOCKER_REGISTRY" --version 2>&1 | head -1)"
+echo "berth: $(git describe --always --dirty 2>/dev/null || echo unknown)"
+cargo bench --bench registry -- \
+  --berth "$BERTH_URL" --berth-pid "$BERTH_PID" \
+  --peer "$PEER_URL" --peer-pid "$PEER_PID" --peer-name distribution \
+  --storage-note "$STORAGE_NOTE" "$@"

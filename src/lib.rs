@@ -5,6 +5,8 @@
 //! Kubernetes.
 
 pub mod api;
+pub mod config;
+pub mod controller;
 pub mod metrics;
 pub mod oci;
 pub mod policy;

@@ -1,10 +1,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+use berth::config::{ConfigFolder, watch_folder};
+use berth::controller::{self, ControllerMetrics};
 use berth::metrics::Metrics;
 use berth::policy::{Policy, Snapshot};
 use berth::registry::RegistryState;
@@ -32,8 +35,56 @@ enum LogFormat {
 enum Command {
     /// Run the registry standalone, without a Kubernetes cluster.
     Serve(ServeArgs),
+    /// Run the registry and the reconcilers of berth's custom resources, in a cluster.
+    Operator(OperatorArgs),
     /// Print the CustomResourceDefinitions of berth's resources as YAML (for `kubectl apply -f -`).
     Crds(CrdsArgs),
+}
+
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:5000", env = "BERTH_LISTEN")]
+    listen: SocketAddr,
+
+    /// Directory for registry content when no --storage is given.
+    #[arg(long, default_value = "./berth-data", env = "BERTH_DATA_DIR")]
+    data_dir: PathBuf,
+
+    /// Where to keep registry content: a directory path, or s3://bucket[/prefix] configured
+    /// by the usual AWS_* variables (AWS_ENDPOINT and AWS_ALLOW_HTTP=true for MinIO).
+    /// Overrides --data-dir.
+    #[arg(long, env = "BERTH_STORAGE")]
+    storage: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    registry: RegistryArgs,
+
+    /// A folder of berth resources as YAML (Namespace, Repository, …, as in examples/),
+    /// applied at start and whenever a file changes. Without it every namespace accepts pushes.
+    #[arg(long, env = "BERTH_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct OperatorArgs {
+    #[command(flatten)]
+    registry: RegistryArgs,
+
+    /// Kubernetes namespace of the leader-election Lease and default namespace of Secrets.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "berth-system")]
+    namespace: String,
+
+    /// This replica's identity in the Lease (the Pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "berth-operator")]
+    lease_name: String,
 }
 
 #[derive(clap::Args)]
@@ -41,6 +92,102 @@ struct CrdsArgs {
     /// Write one file per CRD into this directory instead of printing them.
     #[arg(long)]
     out_dir: Option<PathBuf>,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Opens storage, binds the port and serves the registry with `policy`.
+async fn serve_registry(
+    args: &RegistryArgs,
+    store: Store,
+    metrics: Arc<Metrics>,
+    policy: Policy,
+) -> anyhow::Result<()> {
+    let state = RegistryState {
+        store,
+        metrics,
+        policy,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "berth registry listening");
+    println!(
+        "berth listening on http://{addr} (storage: {})",
+        location(args)?
+    );
+    berth::server::serve(listener, berth::server::app(state)).await?;
+    Ok(())
+}
+
+fn location(args: &RegistryArgs) -> anyhow::Result<StorageLocation> {
+    Ok(match &args.storage {
+        Some(s) => StorageLocation::parse(s)?,
+        None => StorageLocation::Local(args.data_dir.clone()),
+    })
+}
+
+fn open_store(args: &RegistryArgs) -> anyhow::Result<Store> {
+    let location = location(args)?;
+    Store::open(&location).with_context(|| format!("opening storage {location}"))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.registry)?;
+    let policy = match &args.config_dir {
+        None => Policy::new(Snapshot::open()),
+        Some(dir) => {
+            anyhow::ensure!(
+                dir.is_dir(),
+                "--config-dir {} is not a directory",
+                dir.display()
+            );
+            let policy = Policy::pending();
+            tokio::spawn(watch_folder(ConfigFolder::new(dir), policy.clone()));
+            policy
+        }
+    };
+    serve_registry(&args.registry, store, Metrics::new(), policy).await
+}
+
+async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (in-cluster, or KUBECONFIG)")?;
+    let store = open_store(&args.registry)?;
+    let policy = Policy::pending();
+    let mut metrics = Metrics::new_unshared();
+    let controller_metrics = ControllerMetrics::register(&mut metrics.registry);
+    let metrics = Arc::new(metrics);
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("berth-{}", uuid::Uuid::new_v4()));
+    let ctx = Arc::new(controller::Context::new(
+        client.clone(),
+        store.clone(),
+        policy.clone(),
+        controller_metrics,
+        args.namespace.clone(),
+    ));
+    let election = controller::leader::LeaderElection::new(
+        client,
+        &args.namespace,
+        &args.lease_name,
+        &identity,
+    );
+    tokio::spawn(controller::run_operator(ctx, election));
+    serve_registry(&args.registry, store, metrics, policy).await
 }
 
 fn crds(args: CrdsArgs) -> anyhow::Result<()> {
@@ -63,61 +210,15 @@ fn crds(args: CrdsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// Address and port to listen on.
-    #[arg(long, default_value = "127.0.0.1:5000", env = "BERTH_LISTEN")]
-    listen: SocketAddr,
-
-    /// Directory for registry content when no --storage is given.
-    #[arg(long, default_value = "./berth-data", env = "BERTH_DATA_DIR")]
-    data_dir: PathBuf,
-
-    /// Where to keep registry content: a directory path, or s3://bucket[/prefix] configured
-    /// by the usual AWS_* variables (AWS_ENDPOINT and AWS_ALLOW_HTTP=true for MinIO).
-    /// Overrides --data-dir.
-    #[arg(long, env = "BERTH_STORAGE")]
-    storage: Option<String>,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let location = match &args.storage {
-        Some(s) => StorageLocation::parse(s)?,
-        None => StorageLocation::Local(args.data_dir.clone()),
-    };
-    let store = Store::open(&location).with_context(|| format!("opening storage {location}"))?;
-    let state = RegistryState {
-        store,
-        metrics: Metrics::new(),
-        policy: Policy::new(Snapshot::open()),
-    };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, storage = %location, "berth registry listening");
-    println!("berth listening on http://{addr} (storage: {location})");
-    berth::server::serve(listener, berth::server::app(state)).await?;
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Two TLS backends are linked in (kube uses ring, the S3 client aws-lc-rs); name one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Operator(args) => operator(args).await,
         Command::Crds(args) => crds(args),
     }
 }

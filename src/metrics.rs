@@ -38,6 +38,11 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
+        Arc::new(Self::new_unshared())
+    }
+
+    /// Metrics that more components can still register into before they are shared.
+    pub fn new_unshared() -> Self {
         let mut registry = Registry::with_prefix("berth");
         let latency = || Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let http = HttpMetrics {
@@ -78,7 +83,7 @@ impl Metrics {
             "Time to stream one blob to a client",
             http.blob_serve_duration.clone(),
         );
-        Arc::new(Metrics { registry, http })
+        Metrics { registry, http }
     }
 
     pub fn encode(&self) -> String {

@@ -25,8 +25,16 @@ pub fn app(state: RegistryState) -> Router {
         .layer(middleware::from_fn_with_state(metrics, record))
 }
 
-/// Ready when storage answers: a registry that cannot reach its store should not get traffic.
+/// Ready when the configuration is loaded and storage answers: a registry that would
+/// refuse pushes for want of its policy, or cannot reach its store, should not get traffic.
 async fn readyz(State(state): State<RegistryState>) -> Response {
+    if !state.policy.is_loaded() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "configuration not loaded yet",
+        )
+            .into_response();
+    }
     match state.store.list_repositories().await {
         Ok(_) => "ready".into_response(),
         Err(e) => (

@@ -12,8 +12,10 @@ use super::common::{Member, Quota, Visibility};
     group = "berth.dev",
     version = "v1alpha1",
     kind = "Namespace",
-    plural = "namespaces",
-    singular = "namespace",
+    // Not "namespaces": for a cluster-scoped resource the apiserver would read
+    // /apis/berth.dev/v1alpha1/namespaces/<name> as a namespace path (kubernetes#97397).
+    plural = "registrynamespaces",
+    singular = "registrynamespace",
     shortname = "rns",
     category = "berth",
     status = "NamespaceStatus",

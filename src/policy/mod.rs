@@ -4,6 +4,7 @@
 //! swaps in a new one when it changes. Nothing here depends on Kubernetes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::api::{Member, Quota, Visibility};
@@ -123,19 +124,40 @@ impl Snapshot {
 
 /// The live configuration: readers take the current snapshot, the watcher replaces it.
 #[derive(Clone)]
-pub struct Policy(Arc<RwLock<Arc<Snapshot>>>);
+pub struct Policy {
+    snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    loaded: Arc<AtomicBool>,
+}
 
 impl Policy {
+    /// A policy that is in effect from the start.
     pub fn new(snapshot: Snapshot) -> Self {
-        Policy(Arc::new(RwLock::new(Arc::new(snapshot))))
+        Policy {
+            snapshot: Arc::new(RwLock::new(Arc::new(snapshot))),
+            loaded: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// A policy still waiting for its source: only `library` exists until the first
+    /// [`replace`](Self::replace), and [`is_loaded`](Self::is_loaded) is false, so the
+    /// readiness probe keeps traffic away.
+    pub fn pending() -> Self {
+        let policy = Policy::new(Snapshot::managed([], []));
+        policy.loaded.store(false, Ordering::SeqCst);
+        policy
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::SeqCst)
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
-        self.0.read().expect("policy lock poisoned").clone()
+        self.snapshot.read().expect("policy lock poisoned").clone()
     }
 
     pub fn replace(&self, snapshot: Snapshot) {
-        *self.0.write().expect("policy lock poisoned") = Arc::new(snapshot);
+        *self.snapshot.write().expect("policy lock poisoned") = Arc::new(snapshot);
+        self.loaded.store(true, Ordering::SeqCst);
     }
 }
 

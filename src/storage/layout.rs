@@ -26,6 +26,8 @@ pub enum Key<'a> {
     BlobLink(&'a RepositoryName, &'a Digest),
     ManifestLink(&'a RepositoryName, &'a Digest),
     ManifestLinks(&'a RepositoryName),
+    BlobLinks(&'a RepositoryName),
+    ReferrersAll(&'a RepositoryName),
     Tag(&'a RepositoryName, &'a Tag),
     Tags(&'a RepositoryName),
     Referrer {
@@ -56,6 +58,8 @@ impl Key<'_> {
                 format!("{}/manifests/{}/{}", repo_dir(r), d.algorithm(), d.hex())
             }
             Key::ManifestLinks(r) => format!("{}/manifests", repo_dir(r)),
+            Key::BlobLinks(r) => format!("{}/blobs", repo_dir(r)),
+            Key::ReferrersAll(r) => format!("{}/referrers", repo_dir(r)),
             Key::Tag(r, t) => format!("{}/tags/{}", repo_dir(r), t.as_str()),
             Key::Tags(r) => format!("{}/tags", repo_dir(r)),
             Key::Referrer {

@@ -14,6 +14,7 @@ mod hasher;
 pub mod layout;
 mod manifests;
 mod read;
+mod repositories;
 mod uploads;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub use error::{Result, StorageError};
 pub use hasher::Hasher;
 pub use manifests::{ManifestLink, StoredManifest, TagLink};
 pub use read::{BlobBody, ByteRange};
+pub use repositories::RepositoryUsage;
 pub use uploads::{UploadLocks, UploadState};
 
 /// Registry content on one object store.

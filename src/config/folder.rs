@@ -1,0 +1,345 @@
+//! Standalone configuration: the same resources as YAML files in a folder.
+//! `berth serve --config-dir DIR` loads them at start and whenever a file changes.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::api::{AgingRule, Namespace, Repository, SyncRule, Trigger};
+use crate::oci::RepositoryName;
+
+/// One problem with one resource, located precisely enough to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {resource}: {message}")]
+pub struct FolderError {
+    pub file: String,
+    /// `Kind/name`, or the document's position when it has no name.
+    pub resource: String,
+    pub message: String,
+}
+
+/// Everything a folder declares, with the errors of what could not be loaded.
+#[derive(Debug, Default)]
+pub struct LoadedResources {
+    pub namespaces: Vec<Namespace>,
+    pub repositories: Vec<Repository>,
+    pub sync_rules: Vec<SyncRule>,
+    pub aging_rules: Vec<AgingRule>,
+    pub triggers: Vec<Trigger>,
+    pub errors: Vec<FolderError>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: Option<HeaderMeta>,
+}
+
+#[derive(Deserialize)]
+struct HeaderMeta {
+    name: Option<String>,
+}
+
+pub struct ConfigFolder {
+    dir: PathBuf,
+}
+
+fn registry_component_ok(name: &str) -> bool {
+    let b = name.as_bytes();
+    !name.is_empty()
+        && name.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("..")
+        && !name.contains("--")
+        && !name.contains(".-")
+        && !name.contains("-.")
+}
+
+impl ConfigFolder {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ConfigFolder { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The `.yaml`/`.yml` files of the folder and its subfolders, sorted.
+    fn files(&self) -> std::io::Result<Vec<PathBuf>> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    walk(&path, out)?;
+                } else if matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml")
+                ) {
+                    out.push(path);
+                }
+            }
+            Ok(())
+        }
+        let mut files = Vec::new();
+        walk(&self.dir, &mut files)?;
+        files.sort();
+        Ok(files)
+    }
+
+    /// A fingerprint of the folder's YAML files (names and contents): it changes exactly
+    /// when a reload could give a different result.
+    pub fn fingerprint(&self) -> std::io::Result<String> {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for file in self.files()? {
+            h.update(file.to_string_lossy().as_bytes());
+            h.update(std::fs::read(&file)?);
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+
+    pub fn load(&self) -> LoadedResources {
+        let mut loaded = LoadedResources::default();
+        let files = match self.files() {
+            Ok(f) => f,
+            Err(e) => {
+                loaded.errors.push(FolderError {
+                    file: self.dir.display().to_string(),
+                    resource: "-".into(),
+                    message: format!("cannot read the config folder: {e}"),
+                });
+                return loaded;
+            }
+        };
+        for file in files {
+            let shown = file.display().to_string();
+            match std::fs::read_to_string(&file) {
+                Ok(text) => load_file(&shown, &text, &mut loaded),
+                Err(e) => loaded.errors.push(FolderError {
+                    file: shown,
+                    resource: "-".into(),
+                    message: format!("cannot read: {e}"),
+                }),
+            }
+        }
+        check_references(&mut loaded);
+        loaded
+    }
+}
+
+/// How often the folder is checked for changes.
+const POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Loads the folder into `policy` now and again whenever its files change, logging every
+/// problem with its file, resource and field. Invalid resources are left out; the
+/// valid ones still apply.
+pub async fn watch_folder(folder: ConfigFolder, policy: crate::policy::Policy) {
+    let mut applied: Option<String> = None;
+    loop {
+        let fingerprint = folder.fingerprint().ok();
+        if fingerprint.is_none() || fingerprint != applied {
+            let loaded = folder.load();
+            for error in &loaded.errors {
+                tracing::error!(%error, "invalid configuration");
+                eprintln!("berth: invalid configuration: {error}");
+            }
+            policy.replace(super::snapshot(&loaded.namespaces, &loaded.repositories));
+            tracing::info!(
+                dir = %folder.dir().display(),
+                namespaces = loaded.namespaces.len(),
+                repositories = loaded.repositories.len(),
+                sync_rules = loaded.sync_rules.len(),
+                aging_rules = loaded.aging_rules.len(),
+                triggers = loaded.triggers.len(),
+                errors = loaded.errors.len(),
+                "configuration loaded"
+            );
+            applied = fingerprint;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn load_file(file: &str, text: &str, loaded: &mut LoadedResources) {
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = match serde_yaml::Value::deserialize(document) {
+            Ok(serde_yaml::Value::Null) => continue, // an empty document between `---`
+            Ok(v) => v,
+            Err(e) => {
+                loaded.errors.push(FolderError {
+                    file: file.into(),
+                    resource: format!("document {}", index + 1),
+                    message: format!("not valid YAML: {e}"),
+                });
+                continue;
+            }
+        };
+        let header: Header = serde_yaml::from_value(value.clone()).unwrap_or(Header {
+            api_version: None,
+            kind: None,
+            metadata: None,
+        });
+        let kind = header.kind.clone().unwrap_or_default();
+        let name = header.metadata.and_then(|m| m.name).unwrap_or_default();
+        let resource = if name.is_empty() {
+            format!("{kind} (document {})", index + 1)
+        } else {
+            format!("{kind}/{name}")
+        };
+        let mut error = |message: String| {
+            loaded.errors.push(FolderError {
+                file: file.into(),
+                resource: resource.clone(),
+                message,
+            })
+        };
+        if header.api_version.as_deref() != Some("berth.dev/v1alpha1") {
+            error(format!(
+                "apiVersion must be berth.dev/v1alpha1, not {:?}",
+                header.api_version.unwrap_or_default()
+            ));
+            continue;
+        }
+        if name.is_empty() {
+            error("metadata.name is required".into());
+            continue;
+        }
+        macro_rules! parse {
+            ($ty:ty) => {
+                // The path names the field, as the apiserver's validation errors do.
+                match serde_path_to_error::deserialize::<_, $ty>(value) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        error(format!("{}: {}", e.path(), e.inner()));
+                        None
+                    }
+                }
+            };
+        }
+        match kind.as_str() {
+            "Namespace" => {
+                if !registry_component_ok(&name) {
+                    error("metadata.name: a registry namespace name is lowercase letters and digits separated by single '.' or '-', at most 63 characters".into());
+                } else if let Some(r) = parse!(Namespace) {
+                    loaded.namespaces.push(r);
+                }
+            }
+            "Repository" => {
+                if let Some(r) = parse!(Repository) {
+                    let full = format!("{}/{}", r.spec.namespace, r.spec.name);
+                    match full.parse::<RepositoryName>() {
+                        Ok(_) => loaded.repositories.push(r),
+                        Err(e) => error(format!("spec.namespace/spec.name: {e}")),
+                    }
+                }
+            }
+            "SyncRule" => {
+                if let Some(r) = parse!(SyncRule) {
+                    loaded.sync_rules.push(r);
+                }
+            }
+            "AgingRule" => {
+                if let Some(r) = parse!(AgingRule) {
+                    if r.spec.keep_days.is_some() == r.spec.keep_count.is_some() {
+                        error("spec: set exactly one of keepDays and keepCount".into());
+                    } else {
+                        loaded.aging_rules.push(r);
+                    }
+                }
+            }
+            "Trigger" => {
+                if let Some(r) = parse!(Trigger) {
+                    loaded.triggers.push(r);
+                }
+            }
+            other => error(format!(
+                "kind {other:?} is not a berth resource (Namespace, Repository, SyncRule, AgingRule, Trigger)"
+            )),
+        }
+    }
+}
+
+/// Cross-resource checks the apiserver cannot make, reported like the others.
+fn check_references(loaded: &mut LoadedResources) {
+    let mut seen = std::collections::HashSet::new();
+    for ns in &loaded.namespaces {
+        let name = ns.metadata.name.clone().unwrap_or_default();
+        if !seen.insert(name.clone()) {
+            loaded.errors.push(FolderError {
+                file: "-".into(),
+                resource: format!("Namespace/{name}"),
+                message: "declared more than once; the first declaration is used".into(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> LoadedResources {
+        let mut loaded = LoadedResources::default();
+        load_file("test.yaml", text, &mut loaded);
+        loaded
+    }
+
+    #[test]
+    fn loads_every_kind_from_multi_document_yaml() {
+        let loaded = load(
+            r#"
+apiVersion: berth.dev/v1alpha1
+kind: Namespace
+metadata: {name: team-a}
+spec: {visibility: internal}
+---
+apiVersion: berth.dev/v1alpha1
+kind: Repository
+metadata: {name: team-a.web}
+spec: {namespace: team-a, name: web}
+"#,
+        );
+        assert_eq!(loaded.errors, vec![]);
+        assert_eq!(loaded.namespaces.len(), 1);
+        assert!(
+            loaded.namespaces[0].spec.auto_create_repositories,
+            "defaults apply"
+        );
+        assert_eq!(loaded.repositories.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_file_the_resource_and_the_field() {
+        let loaded = load(
+            r#"
+apiVersion: berth.dev/v1alpha1
+kind: Namespace
+metadata: {name: team-a}
+spec: {visibility: secret}
+---
+apiVersion: berth.dev/v1alpha1
+kind: Namespace
+metadata: {name: Bad_Name}
+---
+apiVersion: berth.dev/v1alpha1
+kind: Widget
+metadata: {name: w}
+"#,
+        );
+        let messages: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 3, "{messages:#?}");
+        assert!(
+            messages[0].starts_with("test.yaml: Namespace/team-a: spec.visibility"),
+            "{}",
+            messages[0]
+        );
+        assert!(messages[0].contains("secret"));
+        assert!(messages[1].contains("Namespace/Bad_Name: metadata.name"));
+        assert!(messages[2].contains("Widget"));
+    }
+}

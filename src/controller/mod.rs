@@ -1,0 +1,118 @@
+//! The reconcilers: one per resource kind, sharing a [`Context`]. Every replica
+//! watches Namespaces and Repositories to keep the registry's policy current; only
+//! the leader (see [`leader`]) runs the reconcilers that write status and storage.
+
+mod backoff;
+mod error;
+pub mod leader;
+mod metrics;
+mod namespace;
+mod policy_watcher;
+mod repository;
+mod status;
+mod validated;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::Client;
+use kube::runtime::controller::Action;
+use kube::runtime::watcher;
+
+pub use error::Error;
+pub use metrics::ControllerMetrics;
+pub use policy_watcher::watch_policy;
+
+use crate::policy::Policy;
+use crate::storage::Store;
+use backoff::Backoff;
+
+/// The field manager berth writes with (server-side apply).
+pub const FIELD_MANAGER: &str = "berth";
+
+/// What every reconcile gets.
+pub struct Context {
+    pub client: Client,
+    pub store: Store,
+    pub policy: Policy,
+    pub metrics: Arc<ControllerMetrics>,
+    /// The Kubernetes namespace berth runs in: default for Secret references.
+    pub own_namespace: String,
+    backoff: Backoff,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        store: Store,
+        policy: Policy,
+        metrics: Arc<ControllerMetrics>,
+        own_namespace: String,
+    ) -> Self {
+        Context {
+            client,
+            store,
+            policy,
+            metrics,
+            own_namespace,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// How often status is refreshed from storage when nothing else happens.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs the operator side of berth: the policy watcher on every replica, and the
+/// reconcilers on whichever replica holds the Lease. Never returns.
+pub async fn run_operator(ctx: Arc<Context>, election: leader::LeaderElection) {
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    tokio::spawn(watch_policy(ctx.client.clone(), ctx.policy.clone()));
+    tokio::spawn(election.run(leading_tx));
+    loop {
+        // Wait to lead, then reconcile until leadership is lost (dropping the controllers).
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        tracing::info!("starting reconcilers");
+        tokio::select! {
+            _ = run_controllers(ctx.clone()) => {}
+            _ = leading.wait_for(|l| !*l) => tracing::warn!("stopped reconciling: no longer the leader"),
+        }
+    }
+}
+
+/// Runs every reconciler until the future is dropped (when leadership is lost).
+pub async fn run_controllers(ctx: Arc<Context>) {
+    let c = ctx.client.clone();
+    let cfg = watcher::Config::default();
+    tokio::join!(
+        drain(namespace::controller(c.clone(), cfg.clone(), ctx.clone())),
+        drain(repository::controller(c.clone(), cfg.clone(), ctx.clone())),
+        drain(validated::sync_rules(c.clone(), cfg.clone(), ctx.clone())),
+        drain(validated::aging_rules(c.clone(), cfg.clone(), ctx.clone())),
+        drain(validated::triggers(c.clone(), cfg.clone(), ctx.clone())),
+    );
+}
+
+async fn drain<S, T, E>(stream: S)
+where
+    S: futures::Stream<Item = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    stream
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile did not complete");
+            }
+        })
+        .await;
+}
+
+/// The shared error policy: count the failure, back off exponentially per object.
+fn on_error(kind: &'static str, key: String, error: &Error, ctx: &Context) -> Action {
+    ctx.metrics.failure(kind, error);
+    let delay = ctx.backoff.next(&key);
+    tracing::warn!(kind, object = %key, error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

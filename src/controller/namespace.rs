@@ -1,0 +1,73 @@
+//! Namespace: the policy watcher puts it in effect; this reconciler reports what the
+//! registry holds in it.
+
+use std::sync::Arc;
+
+use futures::Stream;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+
+use super::{Context, Error, RESYNC, on_error, status};
+use crate::api::{Namespace, NamespaceStatus};
+use crate::oci::RepositoryName;
+
+const KIND: &str = "Namespace";
+
+pub fn controller(
+    client: Client,
+    config: watcher::Config,
+    ctx: Arc<Context>,
+) -> impl Stream<Item = Result<(ObjectRef<Namespace>, Action), impl std::fmt::Display>> {
+    Controller::new(Api::<Namespace>::all(client), config)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+}
+
+async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.start(KIND);
+    let name = ns.name_any();
+    let prefix = format!("{name}/");
+    let mut usage = NamespaceStatus::default();
+    for repo in ctx.store.list_repositories().await? {
+        if !repo.starts_with(&prefix) {
+            continue;
+        }
+        let Ok(repo) = repo.parse::<RepositoryName>() else {
+            continue;
+        };
+        let u = ctx.store.repository_usage(&repo).await?;
+        usage.repositories += 1;
+        usage.tags += u.tags as i64;
+        usage.bytes_used += u.bytes as i64;
+    }
+    let generation = ns.metadata.generation;
+    let status = NamespaceStatus {
+        observed_generation: generation,
+        conditions: status::ready_conditions(
+            ns.status.as_ref().map(|s| &s.conditions),
+            true,
+            "Reconciled",
+            format!(
+                "namespace {name} is in effect ({} visibility)",
+                serde_json::to_value(ns.spec.visibility)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ),
+            generation,
+        ),
+        ..usage
+    };
+    // Unchanged figures and conditions compare equal: skip the write.
+    if ns.status.as_ref() != Some(&status) {
+        status::apply(&Api::<Namespace>::all(ctx.client.clone()), &name, &status).await?;
+    }
+    ctx.backoff.reset(&name);
+    Ok(Action::requeue(RESYNC))
+}
+
+fn error_policy(ns: Arc<Namespace>, error: &Error, ctx: Arc<Context>) -> Action {
+    on_error(KIND, ns.name_any(), error, &ctx)
+}

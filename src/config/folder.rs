@@ -198,10 +198,15 @@ fn load_file(file: &str, text: &str, loaded: &mut LoadedResources) {
                 message,
             })
         };
-        if header.api_version.as_deref() != Some("berth.dev/v1alpha1") {
+        let api_version = header.api_version.clone().unwrap_or_default();
+        if !api_version.starts_with("berth.dev/") && !api_version.is_empty() {
+            // A folder kept for GitOps may hold the workloads too; they are not ours to load.
+            tracing::debug!(file, %resource, "skipping a resource that is not berth's");
+            continue;
+        }
+        if api_version != "berth.dev/v1alpha1" {
             error(format!(
-                "apiVersion must be berth.dev/v1alpha1, not {:?}",
-                header.api_version.unwrap_or_default()
+                "apiVersion must be berth.dev/v1alpha1, not {api_version:?}"
             ));
             continue;
         }

@@ -11,6 +11,7 @@ use berth::controller::{self, ControllerMetrics};
 use berth::metrics::Metrics;
 use berth::policy::{Policy, Snapshot};
 use berth::registry::RegistryState;
+use berth::registry::events::PushEvents;
 use berth::storage::{StorageLocation, Store};
 
 /// berth: a container registry configured by Kubernetes custom resources.
@@ -85,6 +86,11 @@ struct OperatorArgs {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "berth-operator")]
     lease_name: String,
+
+    /// Manage only berth resources whose labels match this selector (e.g. `berth.dev/shard=a`),
+    /// so several berth installations can share one cluster.
+    #[arg(long, env = "BERTH_SELECTOR")]
+    selector: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -111,11 +117,13 @@ async fn serve_registry(
     store: Store,
     metrics: Arc<Metrics>,
     policy: Policy,
+    events: PushEvents,
 ) -> anyhow::Result<()> {
     let state = RegistryState {
         store,
         metrics,
         policy,
+        events,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -157,7 +165,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             policy
         }
     };
-    serve_registry(&args.registry, store, Metrics::new(), policy).await
+    serve_registry(
+        &args.registry,
+        store,
+        Metrics::new(),
+        policy,
+        PushEvents::default(),
+    )
+    .await
 }
 
 async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
@@ -166,6 +181,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         .context("connecting to Kubernetes (in-cluster, or KUBECONFIG)")?;
     let store = open_store(&args.registry)?;
     let policy = Policy::pending();
+    let events = PushEvents::default();
     let mut metrics = Metrics::new_unshared();
     let controller_metrics = ControllerMetrics::register(&mut metrics.registry);
     let metrics = Arc::new(metrics);
@@ -179,6 +195,8 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         policy.clone(),
         controller_metrics,
         args.namespace.clone(),
+        args.selector.clone(),
+        events.clone(),
     ));
     let election = controller::leader::LeaderElection::new(
         client,
@@ -187,7 +205,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         &identity,
     );
     tokio::spawn(controller::run_operator(ctx, election));
-    serve_registry(&args.registry, store, metrics, policy).await
+    serve_registry(&args.registry, store, metrics, policy, events).await
 }
 
 fn crds(args: CrdsArgs) -> anyhow::Result<()> {

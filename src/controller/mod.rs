@@ -24,6 +24,7 @@ pub use metrics::ControllerMetrics;
 pub use policy_watcher::watch_policy;
 
 use crate::policy::Policy;
+use crate::registry::events::PushEvents;
 use crate::storage::Store;
 use backoff::Backoff;
 
@@ -38,6 +39,10 @@ pub struct Context {
     pub metrics: Arc<ControllerMetrics>,
     /// The Kubernetes namespace berth runs in: default for Secret references.
     pub own_namespace: String,
+    /// Which berth resources this operator manages (all, or those matching a label selector).
+    pub watch_config: watcher::Config,
+    /// Pushes from the registry, so usage in status follows a push at once.
+    pub pushes: PushEvents,
     backoff: Backoff,
 }
 
@@ -48,17 +53,28 @@ impl Context {
         policy: Policy,
         metrics: Arc<ControllerMetrics>,
         own_namespace: String,
+        selector: Option<String>,
+        pushes: PushEvents,
     ) -> Self {
+        let watch_config = match selector {
+            Some(s) => watcher::Config::default().labels(&s),
+            None => watcher::Config::default(),
+        };
         Context {
             client,
             store,
             policy,
             metrics,
             own_namespace,
+            watch_config,
+            pushes,
             backoff: Backoff::default(),
         }
     }
 }
+
+/// Pushes arriving within this window cause one round of status refreshes, not one each.
+const PUSH_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// How often status is refreshed from storage when nothing else happens.
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
@@ -67,7 +83,11 @@ const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
 /// reconcilers on whichever replica holds the Lease. Never returns.
 pub async fn run_operator(ctx: Arc<Context>, election: leader::LeaderElection) {
     let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
-    tokio::spawn(watch_policy(ctx.client.clone(), ctx.policy.clone()));
+    tokio::spawn(watch_policy(
+        ctx.client.clone(),
+        ctx.watch_config.clone(),
+        ctx.policy.clone(),
+    ));
     tokio::spawn(election.run(leading_tx));
     loop {
         // Wait to lead, then reconcile until leadership is lost (dropping the controllers).
@@ -85,7 +105,7 @@ pub async fn run_operator(ctx: Arc<Context>, election: leader::LeaderElection) {
 /// Runs every reconciler until the future is dropped (when leadership is lost).
 pub async fn run_controllers(ctx: Arc<Context>) {
     let c = ctx.client.clone();
-    let cfg = watcher::Config::default();
+    let cfg = ctx.watch_config.clone();
     tokio::join!(
         drain(namespace::controller(c.clone(), cfg.clone(), ctx.clone())),
         drain(repository::controller(c.clone(), cfg.clone(), ctx.clone())),

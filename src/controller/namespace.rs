@@ -21,6 +21,8 @@ pub fn controller(
     ctx: Arc<Context>,
 ) -> impl Stream<Item = Result<(ObjectRef<Namespace>, Action), impl std::fmt::Display>> {
     Controller::new(Api::<Namespace>::all(client), config)
+        .with_config(kube::runtime::controller::Config::default().debounce(super::PUSH_DEBOUNCE))
+        .reconcile_all_on(ctx.pushes.ticks())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
 }

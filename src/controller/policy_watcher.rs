@@ -11,7 +11,7 @@ use crate::policy::Policy;
 
 /// Watches both kinds and swaps in a new snapshot after every change, once both
 /// initial lists are in (until then the policy reports not loaded, and readiness waits).
-pub async fn watch_policy(client: Client, policy: Policy) {
+pub async fn watch_policy(client: Client, config: watcher::Config, policy: Policy) {
     let (namespaces, ns_writer) = reflector::store::<Namespace>();
     let (repositories, repo_writer) = reflector::store::<Repository>();
     let ns_events = reflector::reflector(
@@ -24,13 +24,11 @@ pub async fn watch_policy(client: Client, policy: Policy) {
     .default_backoff()
     .map_ok(|_| ())
     .boxed();
-    let repo_events = reflector::reflector(
-        repo_writer,
-        watcher(Api::<Repository>::all(client), watcher::Config::default()),
-    )
-    .default_backoff()
-    .map_ok(|_| ())
-    .boxed();
+    let repo_events =
+        reflector::reflector(repo_writer, watcher(Api::<Repository>::all(client), config))
+            .default_backoff()
+            .map_ok(|_| ())
+            .boxed();
     let rebuild = |namespaces: &Store<Namespace>, repositories: &Store<Repository>| {
         let ns = namespaces.state();
         let repos = repositories.state();

@@ -42,6 +42,8 @@ pub fn controller(
                     .collect::<Vec<_>>()
             },
         )
+        .with_config(kube::runtime::controller::Config::default().debounce(super::PUSH_DEBOUNCE))
+        .reconcile_all_on(ctx.pushes.ticks())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
 }

@@ -4,6 +4,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::error::{ErrorCode, RegistryError, Result};
+use super::events::PushEvent;
 use super::{RegistryState, Request, header_value};
 use crate::oci::{Manifest, Reference, RepositoryName, Tag};
 use crate::storage::StorageError;
@@ -124,6 +125,15 @@ pub async fn put(
         }
         Err(e) => return Err(e.into()),
     };
+    let mut tags: Vec<String> = extra_tags.iter().map(|t| t.to_string()).collect();
+    if let Reference::Tag(tag) = reference {
+        tags.insert(0, tag.to_string());
+    }
+    state.events.publish(PushEvent {
+        repository: name.clone(),
+        digest: digest.clone(),
+        tags,
+    });
     let mut response = StatusCode::CREATED.into_response();
     let h = response.headers_mut();
     h.insert(

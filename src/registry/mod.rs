@@ -5,6 +5,7 @@
 mod blobs;
 mod catalog;
 pub mod error;
+pub mod events;
 mod manifests;
 mod pagination;
 mod referrers;
@@ -34,6 +35,7 @@ pub struct RegistryState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub policy: Policy,
+    pub events: events::PushEvents,
 }
 
 impl RegistryState {

@@ -15,6 +15,7 @@ pub struct Berth {
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
     envs: Vec<(String, String)>,
+    subcommand: String,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -29,6 +30,7 @@ impl Berth {
             data_dir,
             extra_args: Vec::new(),
             envs: Vec::new(),
+            subcommand: "serve".into(),
             _temp: Some(temp),
         };
         berth.spawn("127.0.0.1:0");
@@ -37,6 +39,13 @@ impl Berth {
 
     /// Starts berth with extra `serve` arguments and environment (e.g. `--storage s3://…`).
     pub fn start_with(args: &[&str], envs: &[(&str, &str)]) -> Berth {
+        Berth::start_subcommand("serve", args, envs)
+    }
+
+    /// Starts `berth SUBCOMMAND --listen 127.0.0.1:0 --data-dir DIR ARGS…` with extra
+    /// environment. Like `serve`, the subcommand must print `… http://ADDR …` as its
+    /// first line on stdout once it listens.
+    pub fn start_subcommand(subcommand: &str, args: &[&str], envs: &[(&str, &str)]) -> Berth {
         let temp = tempfile::tempdir().expect("temp dir");
         let mut berth = Berth {
             child: None,
@@ -47,6 +56,7 @@ impl Berth {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            subcommand: subcommand.to_string(),
             _temp: Some(temp),
         };
         berth.spawn("127.0.0.1:0");
@@ -55,7 +65,8 @@ impl Berth {
 
     fn spawn(&mut self, listen: &str) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.args(["serve", "--listen", listen, "--data-dir"])
+        cmd.arg(&self.subcommand)
+            .args(["--listen", listen, "--data-dir"])
             .arg(&self.data_dir)
             .args(&self.extra_args)
             .env(
@@ -67,7 +78,9 @@ impl Berth {
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn berth");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn berth {}: {e}", self.subcommand));
         let stdout = child.stdout.take().expect("berth stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -77,7 +90,12 @@ impl Berth {
             .split("http://")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("berth did not report its address; it printed {line:?}"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "berth {} did not report its address; it printed {line:?}",
+                    self.subcommand
+                )
+            })
             .to_string();
         self.addr = addr;
         self.child = Some(child);
@@ -163,6 +181,15 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// Reports a missing prerequisite (a tool, a built binary) the way `require_tool` does:
+/// in CI the test fails; elsewhere it is skipped, loudly, with `how_to_get` it.
+pub fn missing_prerequisite(what: &str, how_to_get: &str) {
+    if in_ci() {
+        panic!("{what} is required but missing: {how_to_get}");
+    }
+    eprintln!("\n*** SKIPPED: {what} is missing. {how_to_get} ***\n");
 }
 
 /// Runs a command, panicking with its output when it fails. Returns stdout.

@@ -1,0 +1,13 @@
+//! berth against a real Kubernetes control plane (scripts/control-plane/): one control
+//! plane per run of this binary, shared by its tests, each test in its own Kubernetes
+//! namespace. Without the control-plane binaries the tests skip (fail under CI=true).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cluster;
+mod control_plane;
+mod crds;
+mod kubectl_output;
+mod operator;
+mod resources;

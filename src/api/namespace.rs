@@ -7,7 +7,7 @@ use super::common::{Member, Quota, Visibility};
 /// A registry namespace: the first path component of repository names
 /// (`<namespace>/<repository>`), like an organisation or project. Its name is the
 /// resource's name.
-#[derive(CustomResource, KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "berth.dev",
     version = "v1alpha1",
@@ -57,6 +57,19 @@ pub struct NamespaceSpec {
 
 fn default_true() -> bool {
     true
+}
+
+impl Default for NamespaceSpec {
+    /// The same defaults the CRD schema applies.
+    fn default() -> Self {
+        NamespaceSpec {
+            visibility: Visibility::default(),
+            description: None,
+            members: Vec::new(),
+            quota: None,
+            auto_create_repositories: true,
+        }
+    }
 }
 
 /// What the registry holds in the namespace.

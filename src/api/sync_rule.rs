@@ -35,7 +35,7 @@ use super::common::TagFilter;
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("self.direction == 'Push' || !self.onPush").message("onPush only applies to direction Push"))]
+#[x_kube(validation = Rule::new("self.direction == 'Push' || !has(self.onPush) || !self.onPush").message("onPush only applies to direction Push"))]
 #[serde(rename_all = "camelCase")]
 pub struct SyncRuleSpec {
     /// `Push` copies local images to the remote registry; `Pull` copies remote images here.
@@ -60,9 +60,10 @@ pub struct SyncRuleSpec {
     #[serde(default)]
     pub overwrite: bool,
 
-    /// Replicate each matching tag as soon as it is pushed (direction Push only).
-    #[serde(default = "default_true")]
-    pub on_push: bool,
+    /// Replicate each matching tag as soon as it is pushed (direction Push only; true
+    /// when absent for Push rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_push: Option<bool>,
 
     /// A cron schedule (5 fields, UTC) for full runs, e.g. `0 3 * * *`. No scheduled runs when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

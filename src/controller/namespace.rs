@@ -45,6 +45,26 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Erro
         usage.bytes_used += u.bytes as i64;
     }
     let generation = ns.metadata.generation;
+    // Ready means "in effect": wait until this replica's registry policy has caught up.
+    let in_effect =
+        ctx.policy.current().namespace(&name) == Some(&crate::config::namespace_policy(&ns));
+    if !in_effect {
+        let status = NamespaceStatus {
+            observed_generation: generation,
+            conditions: status::ready_conditions(
+                ns.status.as_ref().map(|s| &s.conditions),
+                false,
+                "Applying",
+                "waiting for the registry to load this namespace",
+                generation,
+            ),
+            ..usage
+        };
+        if ns.status.as_ref() != Some(&status) {
+            status::apply(&Api::<Namespace>::all(ctx.client.clone()), &name, &status).await?;
+        }
+        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
+    }
     let status = NamespaceStatus {
         observed_generation: generation,
         conditions: status::ready_conditions(

@@ -10,4 +10,5 @@ mod control_plane;
 mod crds;
 mod kubectl_output;
 mod operator;
+mod reconcile;
 mod resources;

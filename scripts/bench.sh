@@ -8,7 +8,7 @@
 #
 # Options after the script name go to the bench (`--help` lists them).
 # Environment:
-#   BENCH_TMPFS_SIZE   size of the tmpfs (default 4g)
+#   BENCH_TMPFS_SIZE   size of the tmpfs (default 4g; a full run stores about 2 GB)
 #   BENCH_MAX_LOAD     wait (up to BENCH_WAIT_SECS, default 600) until the 1-minute
 #                      load average is below this before measuring
 #   DOCKER_REGISTRY    the distribution binary (default: docker-registry on PATH)
@@ -17,6 +17,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
+
+for arg in "$@"; do
+  case "$arg" in
+    -h | --help)
+      sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+      echo
+      exec cargo bench -q --bench registry -- --help
+      ;;
+  esac
+done
 
 DOCKER_REGISTRY="${DOCKER_REGISTRY:-docker-registry}"
 command -v "$DOCKER_REGISTRY" >/dev/null ||

@@ -22,7 +22,7 @@ PACKAGES=(
   # networking tools for test hosts / namespaces
   iproute2
   # the Go module proxy and HTTPS in general; flock for locking; curl for probes
-  ca-certificates util-linux curl
+  ca-certificates util-linux curl openssl
 )
 
 SUDO=()

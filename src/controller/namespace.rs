@@ -60,9 +60,13 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Erro
             ),
             ..usage
         };
-        if ns.status.as_ref() != Some(&status) {
-            status::apply(&Api::<Namespace>::all(ctx.client.clone()), &name, &status).await?;
-        }
+        status::apply(
+            &Api::<Namespace>::all(ctx.client.clone()),
+            &name,
+            ns.status.as_ref(),
+            &status,
+        )
+        .await?;
         return Ok(Action::requeue(std::time::Duration::from_millis(500)));
     }
     let status = NamespaceStatus {
@@ -82,10 +86,13 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Erro
         ),
         ..usage
     };
-    // Unchanged figures and conditions compare equal: skip the write.
-    if ns.status.as_ref() != Some(&status) {
-        status::apply(&Api::<Namespace>::all(ctx.client.clone()), &name, &status).await?;
-    }
+    status::apply(
+        &Api::<Namespace>::all(ctx.client.clone()),
+        &name,
+        ns.status.as_ref(),
+        &status,
+    )
+    .await?;
     ctx.backoff.reset(&name);
     Ok(Action::requeue(RESYNC))
 }

@@ -123,9 +123,7 @@ async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Action, E
             }
         }
     };
-    if repo.status.as_ref() != Some(&status) {
-        status::apply(&api, &name, &status).await?;
-    }
+    status::apply(&api, &name, repo.status.as_ref(), &status).await?;
     ctx.backoff.reset(&name);
     Ok(Action::requeue(RESYNC))
 }

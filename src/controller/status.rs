@@ -9,11 +9,21 @@ use serde::de::DeserializeOwned;
 use super::{Error, FIELD_MANAGER};
 use crate::api::conditions;
 
-/// Applies `status` to the object's status subresource.
-pub async fn apply<K>(api: &Api<K>, name: &str, status: impl Serialize) -> Result<(), Error>
+/// Applies `status` to the object's status subresource, unless it equals `previous`
+/// (unchanged figures and conditions compare equal, so a quiet resync writes nothing).
+pub async fn apply<K, S>(
+    api: &Api<K>,
+    name: &str,
+    previous: Option<&S>,
+    status: &S,
+) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
 {
+    if previous == Some(status) {
+        return Ok(());
+    }
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),

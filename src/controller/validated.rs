@@ -115,14 +115,13 @@ async fn reconcile_sync_rule(rule: Arc<SyncRule>, ctx: Arc<Context>) -> Result<A
             .unwrap_or_default(),
         last_success: rule.status.as_ref().and_then(|s| s.last_success.clone()),
     };
-    if rule.status.as_ref() != Some(&status) {
-        status::apply(
-            &Api::<SyncRule>::all(ctx.client.clone()),
-            &rule.name_any(),
-            &status,
-        )
-        .await?;
-    }
+    status::apply(
+        &Api::<SyncRule>::all(ctx.client.clone()),
+        &rule.name_any(),
+        rule.status.as_ref(),
+        &status,
+    )
+    .await?;
     ctx.backoff.reset(&rule.name_any());
     Ok(Action::requeue(RESYNC))
 }
@@ -162,14 +161,13 @@ async fn reconcile_aging_rule(rule: Arc<AgingRule>, ctx: Arc<Context>) -> Result
             .map(|s| s.deleted.clone())
             .unwrap_or_default(),
     };
-    if rule.status.as_ref() != Some(&status) {
-        status::apply(
-            &Api::<AgingRule>::all(ctx.client.clone()),
-            &rule.name_any(),
-            &status,
-        )
-        .await?;
-    }
+    status::apply(
+        &Api::<AgingRule>::all(ctx.client.clone()),
+        &rule.name_any(),
+        rule.status.as_ref(),
+        &status,
+    )
+    .await?;
     ctx.backoff.reset(&rule.name_any());
     Ok(Action::requeue(RESYNC))
 }
@@ -264,14 +262,13 @@ async fn reconcile_trigger(trigger: Arc<Trigger>, ctx: Arc<Context>) -> Result<A
             .map(|s| s.history.clone())
             .unwrap_or_default(),
     };
-    if trigger.status.as_ref() != Some(&status) {
-        status::apply(
-            &Api::<Trigger>::namespaced(ctx.client.clone(), &namespace),
-            &trigger.name_any(),
-            &status,
-        )
-        .await?;
-    }
+    status::apply(
+        &Api::<Trigger>::namespaced(ctx.client.clone(), &namespace),
+        &trigger.name_any(),
+        trigger.status.as_ref(),
+        &status,
+    )
+    .await?;
     ctx.backoff
         .reset(&format!("{namespace}/{}", trigger.name_any()));
     Ok(Action::requeue(RESYNC))

@@ -5,6 +5,7 @@
 //! Kubernetes.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod controller;
 pub mod metrics;

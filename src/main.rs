@@ -6,6 +6,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+use berth::auth::Auth;
+use berth::auth::key::SigningKey;
+use berth::auth::service_accounts::ServiceAccountReviewer;
+use berth::auth::users::Users;
 use berth::config::{ConfigFolder, watch_folder};
 use berth::controller::{self, ControllerMetrics};
 use berth::metrics::Metrics;
@@ -33,6 +37,10 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
+#[allow(
+    clippy::enum_variant_names,
+    reason = "`login-command` is what users type"
+)]
 enum Command {
     /// Run the registry standalone, without a Kubernetes cluster.
     Serve(ServeArgs),
@@ -40,6 +48,61 @@ enum Command {
     Operator(OperatorArgs),
     /// Print the CustomResourceDefinitions of berth's resources as YAML (for `kubectl apply -f -`).
     Crds(CrdsArgs),
+    /// Print a `docker login` line with a credential for a user: long-lived (until the
+    /// user's password changes) or temporary.
+    LoginCommand(LoginCommandArgs),
+    /// Hash a password (read from stdin) for a user Secret's `passwordHash`.
+    HashPassword,
+}
+
+#[derive(clap::Args)]
+struct LoginCommandArgs {
+    /// The berth user the credential is for.
+    #[arg(long)]
+    user: String,
+
+    /// A credential that expires (after --valid-for) instead of a long-lived one.
+    #[arg(long)]
+    temporary: bool,
+
+    /// How long a temporary credential lasts, e.g. `6h`, `30m`.
+    #[arg(long, default_value = "6h", value_parser = parse_duration)]
+    valid_for: std::time::Duration,
+
+    /// The registry address to put in the line, as clients reach it.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    registry: String,
+
+    /// Standalone: the config folder holding the user (as for `berth serve`).
+    #[arg(long, env = "BERTH_CONFIG_DIR", conflicts_with = "cluster")]
+    config_dir: Option<PathBuf>,
+
+    /// Standalone: the signing key file (default `<data-dir>/auth/signing-key`).
+    #[arg(long, env = "BERTH_SIGNING_KEY_FILE")]
+    signing_key_file: Option<PathBuf>,
+
+    /// Standalone: berth's data directory, where the signing key is by default.
+    #[arg(long, default_value = "./berth-data", env = "BERTH_DATA_DIR")]
+    data_dir: PathBuf,
+
+    /// In a cluster: read the user and the signing key from Secrets (KUBECONFIG or in-cluster).
+    #[arg(long)]
+    cluster: bool,
+
+    /// In a cluster: the namespace berth runs in.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "berth-system")]
+    namespace: String,
+
+    /// In a cluster: the Secret holding the signing key.
+    #[arg(long, default_value = "berth-signing-key")]
+    signing_key_secret: String,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let parsed: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration like 6h or 30m: {e}"))?;
+    std::time::Duration::try_from(parsed).map_err(|_| format!("{text:?} must be positive"))
 }
 
 #[derive(clap::Args)]
@@ -57,6 +120,30 @@ struct RegistryArgs {
     /// Overrides --data-dir.
     #[arg(long, env = "BERTH_STORAGE")]
     storage: Option<String>,
+
+    /// The `service` named in auth challenges and tokens.
+    #[arg(long, default_value = "berth", env = "BERTH_TOKEN_SERVICE")]
+    token_service: String,
+
+    /// The token endpoint's URL as clients must reach it, when it differs from
+    /// `<scheme>://<Host header>/auth/token` (e.g. behind a proxy that rewrites Host).
+    #[arg(long, env = "BERTH_TOKEN_REALM")]
+    token_realm: Option<String>,
+
+    /// How long `berth login-command --temporary` credentials last, in hours.
+    #[arg(long, default_value_t = 6, env = "BERTH_TEMPORARY_CREDENTIAL_HOURS")]
+    temporary_credential_hours: u64,
+}
+
+impl RegistryArgs {
+    fn auth_settings(&self) -> berth::auth::Settings {
+        berth::auth::Settings {
+            service: self.token_service.clone(),
+            realm: self.token_realm.clone(),
+            temporary_ttl: std::time::Duration::from_secs(self.temporary_credential_hours * 3600),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -68,6 +155,12 @@ struct ServeArgs {
     /// applied at start and whenever a file changes. Without it every namespace accepts pushes.
     #[arg(long, env = "BERTH_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+
+    /// The key that signs tokens and login credentials (created if missing). Default:
+    /// `<data-dir>/auth/signing-key`; with S3 storage and no key file, a key that lasts
+    /// until restart.
+    #[arg(long, env = "BERTH_SIGNING_KEY_FILE")]
+    signing_key_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -91,6 +184,15 @@ struct OperatorArgs {
     /// so several berth installations can share one cluster.
     #[arg(long, env = "BERTH_SELECTOR")]
     selector: Option<String>,
+
+    /// The Secret (in --namespace) holding the key that signs tokens and login
+    /// credentials; created when missing, shared by all replicas.
+    #[arg(
+        long,
+        default_value = "berth-signing-key",
+        env = "BERTH_SIGNING_KEY_SECRET"
+    )]
+    signing_key_secret: String,
 }
 
 #[derive(clap::Args)]
@@ -118,12 +220,14 @@ async fn serve_registry(
     metrics: Arc<Metrics>,
     policy: Policy,
     events: PushEvents,
+    auth: Auth,
 ) -> anyhow::Result<()> {
     let state = RegistryState {
         store,
         metrics,
         policy,
         events,
+        auth,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -150,10 +254,33 @@ fn open_store(args: &RegistryArgs) -> anyhow::Result<Store> {
     Store::open(&location).with_context(|| format!("opening storage {location}"))
 }
 
+fn standalone_signing_key(args: &ServeArgs) -> anyhow::Result<SigningKey> {
+    let path = match (&args.signing_key_file, &args.registry.storage) {
+        (Some(path), _) => path.clone(),
+        (None, None) => args.registry.data_dir.join("auth/signing-key"),
+        (None, Some(_)) => {
+            tracing::warn!(
+                "no --signing-key-file: tokens and login credentials will not survive a restart"
+            );
+            return Ok(SigningKey::generate());
+        }
+    };
+    Ok(SigningKey::load_or_create(&path)?)
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args.registry)?;
+    let users = match &args.config_dir {
+        None => Users::default(),
+        Some(_) => Users::pending(),
+    };
     let policy = match &args.config_dir {
-        None => Policy::new(Snapshot::open()),
+        None => {
+            tracing::warn!(
+                "no --config-dir: every namespace accepts pushes and nobody needs to sign in"
+            );
+            Policy::new(Snapshot::open())
+        }
         Some(dir) => {
             anyhow::ensure!(
                 dir.is_dir(),
@@ -161,16 +288,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 dir.display()
             );
             let policy = Policy::pending();
-            tokio::spawn(watch_folder(ConfigFolder::new(dir), policy.clone()));
+            tokio::spawn(watch_folder(
+                ConfigFolder::new(dir),
+                policy.clone(),
+                users.clone(),
+            ));
             policy
         }
     };
+    let auth = Auth::new(
+        users,
+        standalone_signing_key(&args)?,
+        args.registry.auth_settings(),
+        None,
+    );
     serve_registry(
         &args.registry,
         store,
         Metrics::new(),
         policy,
         PushEvents::default(),
+        auth,
     )
     .await
 }
@@ -199,13 +337,87 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         events.clone(),
     ));
     let election = controller::leader::LeaderElection::new(
-        client,
+        client.clone(),
         &args.namespace,
         &args.lease_name,
         &identity,
     );
+    let key = controller::auth_secrets::signing_key(
+        client.clone(),
+        &args.namespace,
+        &args.signing_key_secret,
+    )
+    .await?;
+    let users = Users::pending();
+    tokio::spawn(controller::auth_secrets::watch_users(
+        client.clone(),
+        args.namespace.clone(),
+        users.clone(),
+    ));
+    let auth = Auth::new(
+        users,
+        key,
+        args.registry.auth_settings(),
+        Some(ServiceAccountReviewer::new(client)),
+    );
     tokio::spawn(controller::run_operator(ctx, election));
-    serve_registry(&args.registry, store, metrics, policy, events).await
+    serve_registry(&args.registry, store, metrics, policy, events, auth).await
+}
+
+async fn login_command(args: LoginCommandArgs) -> anyhow::Result<()> {
+    let (user, key) = if args.cluster {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to Kubernetes (in-cluster, or KUBECONFIG)")?;
+        let key = controller::auth_secrets::signing_key(
+            client.clone(),
+            &args.namespace,
+            &args.signing_key_secret,
+        )
+        .await?;
+        let user = controller::auth_secrets::find_user(client, &args.namespace, &args.user).await?;
+        (user, key)
+    } else {
+        let dir = args
+            .config_dir
+            .as_ref()
+            .context("give --config-dir (standalone) or --cluster")?;
+        let loaded = ConfigFolder::new(dir).load();
+        let user = loaded
+            .users
+            .into_iter()
+            .find(|u| u.name == args.user)
+            .with_context(|| format!("no user {:?} in {}", args.user, dir.display()))?;
+        let path = args
+            .signing_key_file
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("auth/signing-key"));
+        (user, SigningKey::load_or_create(&path)?)
+    };
+    let (credential, until) = berth::auth::login_command::credential(
+        &key,
+        &user,
+        args.temporary.then_some(args.valid_for),
+    );
+    if let Some(until) = until {
+        eprintln!("# valid until {until}");
+    }
+    println!(
+        "{}",
+        berth::auth::login_command::docker_login_line(&args.registry, &user.name, &credential)
+    );
+    Ok(())
+}
+
+fn hash_password() -> anyhow::Result<()> {
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(!password.is_empty(), "give the password on stdin");
+    let hash = berth::auth::credentials::hash_password(password)
+        .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
+    println!("{hash}");
+    Ok(())
 }
 
 fn crds(args: CrdsArgs) -> anyhow::Result<()> {
@@ -238,5 +450,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Operator(args) => operator(args).await,
         Command::Crds(args) => crds(args),
+        Command::LoginCommand(args) => login_command(args).await,
+        Command::HashPassword => hash_password(),
     }
 }

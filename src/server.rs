@@ -28,7 +28,7 @@ pub fn app(state: RegistryState) -> Router {
 /// Ready when the configuration is loaded and storage answers: a registry that would
 /// refuse pushes for want of its policy, or cannot reach its store, should not get traffic.
 async fn readyz(State(state): State<RegistryState>) -> Response {
-    if !state.policy.is_loaded() {
+    if !state.policy.is_loaded() || !state.auth.users().is_loaded() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "configuration not loaded yet",

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::api::{AgingRule, Namespace, Repository, SyncRule, Trigger};
+use crate::auth::users::{Directory, User, Users, is_user_secret, user_from_secret};
 use crate::oci::RepositoryName;
 
 /// One problem with one resource, located precisely enough to fix it.
@@ -26,6 +27,8 @@ pub struct LoadedResources {
     pub sync_rules: Vec<SyncRule>,
     pub aging_rules: Vec<AgingRule>,
     pub triggers: Vec<Trigger>,
+    /// Users: `v1` Secrets labelled `berth.dev/user`, as in a cluster.
+    pub users: Vec<User>,
     pub errors: Vec<FolderError>,
 }
 
@@ -138,17 +141,24 @@ const POLL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Loads the folder into `policy` now and again whenever its files change, logging every
 /// problem with its file, resource and field. Invalid resources are left out; the
 /// valid ones still apply.
-pub async fn watch_folder(folder: ConfigFolder, policy: crate::policy::Policy) {
+pub async fn watch_folder(folder: ConfigFolder, policy: crate::policy::Policy, users: Users) {
     let mut applied: Option<String> = None;
     loop {
         let fingerprint = folder.fingerprint().ok();
         if fingerprint.is_none() || fingerprint != applied {
-            let loaded = folder.load();
+            // Plain-text passwords are hashed while loading (argon2): not on async workers.
+            let loaded = {
+                let folder = ConfigFolder::new(folder.dir());
+                tokio::task::spawn_blocking(move || folder.load())
+                    .await
+                    .expect("loading the config folder does not panic")
+            };
             for error in &loaded.errors {
                 tracing::error!(%error, "invalid configuration");
                 eprintln!("berth: invalid configuration: {error}");
             }
             policy.replace(super::snapshot(&loaded.namespaces, &loaded.repositories));
+            users.replace(Directory::new(loaded.users.iter().cloned()));
             tracing::info!(
                 dir = %folder.dir().display(),
                 namespaces = loaded.namespaces.len(),
@@ -156,6 +166,7 @@ pub async fn watch_folder(folder: ConfigFolder, policy: crate::policy::Policy) {
                 sync_rules = loaded.sync_rules.len(),
                 aging_rules = loaded.aging_rules.len(),
                 triggers = loaded.triggers.len(),
+                users = loaded.users.len(),
                 errors = loaded.errors.len(),
                 "configuration loaded"
             );
@@ -199,6 +210,10 @@ fn load_file(file: &str, text: &str, loaded: &mut LoadedResources) {
             })
         };
         let api_version = header.api_version.clone().unwrap_or_default();
+        if api_version == "v1" && kind == "Secret" {
+            load_user(value, &resource, loaded, file);
+            continue;
+        }
         if !api_version.starts_with("berth.dev/") && !api_version.is_empty() {
             // A folder kept for GitOps may hold the workloads too; they are not ours to load.
             tracing::debug!(file, %resource, "skipping a resource that is not berth's");
@@ -266,6 +281,37 @@ fn load_file(file: &str, text: &str, loaded: &mut LoadedResources) {
                 "kind {other:?} is not a berth resource (Namespace, Repository, SyncRule, AgingRule, Trigger)"
             )),
         }
+    }
+}
+
+/// A Secret is a user when labelled `berth.dev/user`; other Secrets are not berth's.
+fn load_user(value: serde_yaml::Value, resource: &str, loaded: &mut LoadedResources, file: &str) {
+    let mut error = |message: String| {
+        loaded.errors.push(FolderError {
+            file: file.into(),
+            resource: resource.into(),
+            message,
+        })
+    };
+    let secret: k8s_openapi::api::core::v1::Secret = match serde_path_to_error::deserialize(value) {
+        Ok(s) => s,
+        Err(e) => return error(format!("{}: {}", e.path(), e.inner())),
+    };
+    if !is_user_secret(&secret) {
+        return;
+    }
+    match user_from_secret(&secret) {
+        Ok(user) => {
+            if loaded.users.iter().any(|u| u.name == user.name) {
+                error(format!(
+                    "user {:?} is declared more than once; the first declaration is used",
+                    user.name
+                ));
+            } else {
+                loaded.users.push(user);
+            }
+        }
+        Err(e) => error(e.to_string()),
     }
 }
 

@@ -24,6 +24,15 @@ pub fn repository_policy(repo: &Repository) -> RepositoryPolicy {
         members: repo.spec.members.clone(),
         immutable_tags: repo.spec.immutable_tags.clone(),
         quota: repo.spec.quota.clone(),
+        sharing: repo
+            .spec
+            .sharing
+            .iter()
+            .map(|s| crate::policy::Share {
+                user: s.user.clone(),
+                until: s.until.as_ref().map(|t| t.0),
+            })
+            .collect(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! watches Namespaces and Repositories to keep the registry's policy current; only
 //! the leader (see [`leader`]) runs the reconcilers that write status and storage.
 
+pub mod auth_secrets;
 mod backoff;
 mod error;
 pub mod leader;

@@ -10,6 +10,10 @@ use std::sync::{Arc, RwLock};
 use crate::api::{Member, Quota, Visibility};
 use crate::oci::RepositoryName;
 
+mod access;
+
+pub use access::{Action, Caller, Denial};
+
 /// The registry namespace every installation has unless it is declared otherwise.
 pub const DEFAULT_NAMESPACE: &str = "library";
 
@@ -41,6 +45,14 @@ pub struct RepositoryPolicy {
     pub members: Vec<Member>,
     pub immutable_tags: Vec<String>,
     pub quota: Option<Quota>,
+    pub sharing: Vec<Share>,
+}
+
+/// Pull access to one repository granted to a user, until an expiry time if one is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Share {
+    pub user: String,
+    pub until: Option<jiff::Timestamp>,
 }
 
 /// Why a push is refused.
@@ -198,6 +210,7 @@ mod tests {
             members: vec![],
             immutable_tags: vec![],
             quota: None,
+            sharing: vec![],
         };
         let snapshot = Snapshot::managed(
             [("team-a".to_string(), strict)],

@@ -12,7 +12,18 @@ struct Catalog {
 }
 
 pub async fn list(state: &RegistryState, req: &Request) -> Result<Response> {
-    let page = paginate(state.store.list_repositories().await?, req)?;
+    // Only repositories the caller may pull are listed, before paging, so pages stay full.
+    let visible = state
+        .store
+        .list_repositories()
+        .await?
+        .into_iter()
+        .filter(|name| {
+            name.parse::<crate::oci::RepositoryName>()
+                .is_ok_and(|repo| super::access::may_list(state, &req.identity, &repo))
+        })
+        .collect();
+    let page = paginate(visible, req)?;
     let body = serde_json::to_vec(&Catalog {
         repositories: page.items,
     })

@@ -2,6 +2,7 @@
 //! once, then handed to the handler for its area; handlers are thin: they read
 //! headers and query, make one storage call, and shape the reply.
 
+mod access;
 mod blobs;
 mod catalog;
 pub mod error;
@@ -11,6 +12,7 @@ mod pagination;
 mod referrers;
 pub mod routes;
 mod tags;
+mod token_endpoint;
 mod uploads;
 
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
+use crate::auth::{Auth, Identity};
 use crate::metrics::Metrics;
 use crate::oci::RepositoryName;
 use crate::policy::Policy;
@@ -36,6 +39,7 @@ pub struct RegistryState {
     pub metrics: Arc<Metrics>,
     pub policy: Policy,
     pub events: events::PushEvents,
+    pub auth: Auth,
 }
 
 impl RegistryState {
@@ -58,6 +62,8 @@ pub struct Request {
     pub method: Method,
     pub headers: HeaderMap,
     pub query: Vec<(String, String)>,
+    /// Who is calling, once admitted.
+    pub identity: Identity,
 }
 
 impl Request {
@@ -85,6 +91,10 @@ pub fn router(state: RegistryState) -> Router {
         .route("/v2", any(dispatch))
         .route("/v2/", any(dispatch))
         .route("/v2/{*rest}", any(dispatch))
+        .route(
+            crate::auth::challenge::TOKEN_PATH,
+            axum::routing::get(token_endpoint::get).post(token_endpoint::post),
+        )
         .with_state(state)
 }
 
@@ -104,6 +114,7 @@ async fn dispatch(State(state): State<RegistryState>, request: axum::extract::Re
                     .collect()
             })
             .unwrap_or_default(),
+        identity: Identity::nobody(),
     };
     let result = match route {
         Ok(route) => handle(&state, route, request, body).await,
@@ -118,7 +129,27 @@ async fn dispatch(State(state): State<RegistryState>, request: axum::extract::Re
     response
 }
 
-async fn handle(state: &RegistryState, route: Route, req: Request, body: Body) -> Result<Response> {
+async fn handle(
+    state: &RegistryState,
+    route: Route,
+    mut req: Request,
+    body: Body,
+) -> Result<Response> {
+    req.identity = access::admit(state, &route, &req).await?;
+    if let Route::Uploads(_) = &route
+        && req.query("mount").is_some()
+        && !state.policy.current().open
+    {
+        // Mounting reads the source: only from a repository the caller may pull, and
+        // never "from anywhere the blob exists", which would reveal private content.
+        let readable = req
+            .query("from")
+            .and_then(|f| f.parse::<RepositoryName>().ok())
+            .is_some_and(|from| access::may_pull(state, &req.identity, &from));
+        if !readable {
+            req.query.retain(|(k, _)| k != "mount" && k != "from");
+        }
+    }
     let writes = matches!(req.method, Method::PUT | Method::POST | Method::PATCH);
     if writes && let Some(repo) = route.repository() {
         state.check_push(repo)?;

@@ -1,0 +1,192 @@
+//! The gate every registry request passes: who is calling (auth), what the request
+//! does (route and method), and whether the live policy allows it. Refusals follow the
+//! token specification: a caller who has not shown who they are, or whose token lacks
+//! the scope, gets `UNAUTHORIZED` with a challenge naming the scope to ask for; a known
+//! caller without the permission gets `DENIED` with the reason.
+
+use axum::http::{HeaderMap, Method, header};
+use jiff::Timestamp;
+
+use super::error::{ErrorCode, RegistryError, Result};
+use super::routes::Route;
+use super::{RegistryState, Request};
+use crate::auth::Identity;
+use crate::auth::challenge;
+use crate::oci::RepositoryName;
+use crate::policy::{Action, Caller, Snapshot};
+
+/// What a request needs.
+enum Need<'a> {
+    /// `/v2/`: any credentials, so `docker login` can check them.
+    SignedIn,
+    /// `_catalog`: a signed-in caller; the listing is filtered per repository.
+    Catalog,
+    Repository(&'a RepositoryName, Action),
+}
+
+fn need<'a>(route: &'a Route, method: &Method) -> Need<'a> {
+    let action = match (route, method) {
+        (Route::Base, _) => return Need::SignedIn,
+        (Route::Catalog, _) => return Need::Catalog,
+        (Route::Manifest(..) | Route::Blob(..), &Method::DELETE) => Action::Delete,
+        (Route::Uploads(_) | Route::Upload(..), _) => Action::Push,
+        (Route::Manifest(..), &Method::PUT) => Action::Push,
+        _ => Action::Pull,
+    };
+    let repo = route
+        .repository()
+        .expect("every other route names a repository");
+    Need::Repository(repo, action)
+}
+
+/// The scope a client should ask a token for, as distribution words it.
+fn scope_for(repo: &RepositoryName, action: Action) -> String {
+    let actions = match action {
+        Action::Pull => "pull",
+        Action::Push => "pull,push",
+        Action::Delete => "delete",
+    };
+    format!("repository:{repo}:{actions}")
+}
+
+fn unauthorized(
+    state: &RegistryState,
+    headers: &HeaderMap,
+    message: String,
+    scope: Option<&str>,
+    error: Option<&str>,
+) -> RegistryError {
+    RegistryError::new(ErrorCode::Unauthorized, message).with_header(
+        header::WWW_AUTHENTICATE,
+        challenge::bearer(state.auth.settings(), headers, scope, error),
+    )
+}
+
+/// Authenticates and authorizes `req`, returning who is calling. In an open registry
+/// (no configuration) everyone may do everything and credentials are not examined.
+pub async fn admit(state: &RegistryState, route: &Route, req: &Request) -> Result<Identity> {
+    let snapshot = state.policy.current();
+    if snapshot.open {
+        return Ok(Identity {
+            caller: Caller::User {
+                name: "anonymous".into(),
+                admin: true,
+            },
+            presented: false,
+            token: None,
+        });
+    }
+    let identity = match state.auth.authenticate(&req.headers).await {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::info!(error = %e, "authentication failed");
+            let scope = match need(route, &req.method) {
+                Need::Repository(repo, action) => Some(scope_for(repo, action)),
+                Need::Catalog => Some("registry:catalog:*".to_string()),
+                Need::SignedIn => None,
+            };
+            return Err(unauthorized(
+                state,
+                &req.headers,
+                e.to_string(),
+                scope.as_deref(),
+                Some("invalid_token"),
+            ));
+        }
+    };
+    match need(route, &req.method) {
+        Need::SignedIn => {
+            if !identity.presented {
+                return Err(unauthorized(
+                    state,
+                    &req.headers,
+                    "authentication required".into(),
+                    None,
+                    None,
+                ));
+            }
+        }
+        Need::Catalog => {
+            let scope = "registry:catalog:*";
+            let token_ok = identity
+                .token
+                .as_ref()
+                .is_none_or(|t| t.grants("registry", "catalog", "*"));
+            if !identity.presented || !token_ok || identity.caller == Caller::Anonymous {
+                return Err(unauthorized(
+                    state,
+                    &req.headers,
+                    "listing the catalog needs a signed-in user".into(),
+                    Some(scope),
+                    None,
+                ));
+            }
+        }
+        Need::Repository(repo, action) => {
+            authorize(state, &snapshot, &identity, repo, action, &req.headers)?;
+        }
+    }
+    Ok(identity)
+}
+
+fn authorize(
+    state: &RegistryState,
+    snapshot: &Snapshot,
+    identity: &Identity,
+    repo: &RepositoryName,
+    action: Action,
+    headers: &HeaderMap,
+) -> Result<()> {
+    let scope = scope_for(repo, action);
+    let live = snapshot.may(&identity.caller, repo, action, Timestamp::now());
+    let token_grants = identity
+        .token
+        .as_ref()
+        .is_none_or(|t| t.grants("repository", repo.as_str(), action.as_str()));
+    if live.is_ok() && token_grants {
+        return Ok(());
+    }
+    if !identity.presented || identity.caller == Caller::Anonymous {
+        let message = live
+            .err()
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "authentication required".into());
+        return Err(unauthorized(state, headers, message, Some(&scope), None));
+    }
+    if action == Action::Push {
+        // A namespace that does not exist is the more useful thing to hear about.
+        snapshot
+            .check_push(repo)
+            .map_err(|refusal| RegistryError::new(ErrorCode::Denied, refusal.to_string()))?;
+    }
+    match live {
+        Err(denial) => Err(RegistryError::new(ErrorCode::Denied, denial.to_string())),
+        // Allowed now, but the token was issued without it: ask for a new token.
+        Ok(()) => Err(unauthorized(
+            state,
+            headers,
+            format!("the token does not grant {} on {repo}", action.as_str()),
+            Some(&scope),
+            Some("insufficient_scope"),
+        )),
+    }
+}
+
+/// Whether the caller, with its token, may pull `repo` (the source of a mount).
+pub fn may_pull(state: &RegistryState, identity: &Identity, repo: &RepositoryName) -> bool {
+    may_list(state, identity, repo)
+        && identity
+            .token
+            .as_ref()
+            .is_none_or(|t| t.grants("repository", repo.as_str(), "pull"))
+}
+
+/// Whether `repo` shows in the caller's catalog: the policy alone decides, as a
+/// catalog token carries no per-repository scopes.
+pub fn may_list(state: &RegistryState, identity: &Identity, repo: &RepositoryName) -> bool {
+    state
+        .policy
+        .current()
+        .may(&identity.caller, repo, Action::Pull, Timestamp::now())
+        .is_ok()
+}

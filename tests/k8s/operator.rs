@@ -15,8 +15,31 @@ pub struct Operator {
     pub pod_namespace: String,
 }
 
+/// The administrator every test operator has, declared as a user Secret in its namespace.
+pub const ADMIN_USER: &str = "test-admin";
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
+/// `Authorization: Basic …` for the test administrator.
+pub fn admin_basic_auth() -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{ADMIN_USER}:{ADMIN_PASSWORD}"))
+    )
+}
+
+/// `skopeo --creds`/`--dest-creds` value for the test administrator.
+pub fn admin_creds() -> String {
+    format!("{ADMIN_USER}:{ADMIN_PASSWORD}")
+}
+
 impl Operator {
     pub fn start(cluster: &TestCluster, extra_args: &[&str]) -> Operator {
+        let admin = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {ADMIN_USER}\n  namespace: {}\n  labels: {{berth.dev/user: \"true\"}}\nstringData:\n  password: {ADMIN_PASSWORD}\n  admin: \"true\"\n",
+            cluster.namespace()
+        );
+        cluster.kubectl_stdin(&["apply", "-f", "-"], &admin).ok();
         // Every replica needs its own identity, or two would both believe they hold the Lease.
         static REPLICA: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let replica = REPLICA.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -32,10 +55,42 @@ impl Operator {
                 ("POD_NAME", &pod_name),
             ],
         );
-        Operator {
+        let operator = Operator {
             berth,
             pod_name,
             pod_namespace,
+        };
+        operator.wait_ready();
+        operator
+    }
+
+    /// Waits for `/readyz`: the configuration and the users are loaded, as a Pod's
+    /// readiness probe would wait before the Service sends it traffic.
+    pub fn wait_ready(&self) {
+        use std::io::{Read as _, Write as _};
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let ready = std::net::TcpStream::connect(&self.addr)
+                .and_then(|mut s| {
+                    write!(
+                        s,
+                        "GET /readyz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                        self.addr
+                    )?;
+                    let mut reply = String::new();
+                    s.read_to_string(&mut reply)?;
+                    Ok(reply.starts_with("HTTP/1.1 200"))
+                })
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "berth operator {} never became ready",
+                self.pod_name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 }
@@ -65,9 +120,12 @@ async fn the_operator_serves_the_registry_on_the_address_it_reports() {
     let response = reqwest::get(format!("{}/v2/", operator.url()))
         .await
         .expect("the operator answers HTTP");
-    assert!(
-        response.status() == 200 || response.status() == 401,
-        "GET /v2/ answered {}",
-        response.status()
-    );
+    assert_eq!(response.status(), 401, "anonymous callers are challenged");
+    let response = reqwest::Client::new()
+        .get(format!("{}/v2/", operator.url()))
+        .header("authorization", admin_basic_auth())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the administrator is let in");
 }

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::{TEST_LABEL, TestCluster};
 use crate::common::{require_tool, run, sha256};
-use crate::operator::Operator;
+use crate::operator::{Operator, admin_basic_auth, admin_creds};
 use crate::resources::{berth, berth_resource};
 
 /// An operator that manages only this test's resources, so parallel tests do not meet.
@@ -69,7 +69,7 @@ async fn wait_for(
     }
 }
 
-async fn wait_ready(
+pub(crate) async fn wait_ready(
     cluster: &TestCluster,
     kind: &str,
     name: &str,
@@ -83,13 +83,19 @@ async fn wait_ready(
 }
 
 /// Pushes a one-layer image by tag over HTTP; returns the manifest digest.
-async fn push_image(url: &str, repo: &str, tag: &str, seed: &str) -> Result<String, (u16, String)> {
+pub(crate) async fn push_image(
+    url: &str,
+    repo: &str,
+    tag: &str,
+    seed: &str,
+) -> Result<String, (u16, String)> {
     let client = reqwest::Client::new();
     let mut digests = Vec::new();
     for data in [b"{}".to_vec(), format!("layer {seed}").into_bytes()] {
         let digest = sha256(&data);
         let r = client
             .post(format!("{url}/v2/{repo}/blobs/uploads/?digest={digest}"))
+            .header("authorization", admin_basic_auth())
             .body(data.clone())
             .send()
             .await
@@ -108,6 +114,7 @@ async fn push_image(url: &str, repo: &str, tag: &str, seed: &str) -> Result<Stri
     .to_string();
     let r = client
         .put(format!("{url}/v2/{repo}/manifests/{tag}"))
+        .header("authorization", admin_basic_auth())
         .header("content-type", "application/vnd.oci.image.manifest.v1+json")
         .body(manifest.clone())
         .send()
@@ -120,7 +127,10 @@ async fn push_image(url: &str, repo: &str, tag: &str, seed: &str) -> Result<Stri
 }
 
 async fn tags(url: &str, repo: &str) -> (u16, Value) {
-    let r = reqwest::get(format!("{url}/v2/{repo}/tags/list"))
+    let r = reqwest::Client::new()
+        .get(format!("{url}/v2/{repo}/tags/list"))
+        .header("authorization", admin_basic_auth())
+        .send()
         .await
         .unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
@@ -190,6 +200,8 @@ async fn a_namespace_applied_with_kubectl_takes_pushes_from_skopeo() {
         "copy",
         "--insecure-policy",
         "--dest-tls-verify=false",
+        "--dest-creds",
+        &admin_creds(),
         &format!("oci:{}:v1", layout.path().display()),
         &format!("docker://{}/{ns}/app:v1", operator.addr),
     ]));
@@ -472,7 +484,10 @@ async fn of_two_replicas_only_the_leader_reconciles_and_the_other_takes_over() {
     // Both replicas serve the registry.
     for op in [&first, &second] {
         assert_eq!(
-            reqwest::get(format!("{}/v2/", op.url()))
+            reqwest::Client::new()
+                .get(format!("{}/v2/", op.url()))
+                .header("authorization", admin_basic_auth())
+                .send()
                 .await
                 .unwrap()
                 .status(),

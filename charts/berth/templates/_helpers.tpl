@@ -153,6 +153,8 @@ spec:
           valueFrom:
             fieldRef:
               fieldPath: metadata.name
+        - name: BERTH_SIGNING_KEY_SECRET
+          value: {{ include "berth.fullname" . }}-signing-key
         {{- if eq .Values.storage.type "s3" }}
         {{- with .Values.storage.s3 }}
         - name: AWS_REGION

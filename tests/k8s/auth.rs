@@ -1,0 +1,276 @@
+//! Auth against the real apiserver: users are Secrets, permissions come from the
+//! Namespace resource and change with it, Pods sign in with ServiceAccount tokens,
+//! and every replica accepts the tokens of the others.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::cluster::{TEST_LABEL, TestCluster};
+use crate::operator::Operator;
+use crate::reconcile::{push_image, wait_ready};
+use crate::resources::berth;
+
+fn operator(cluster: &TestCluster) -> Operator {
+    let selector = format!("{TEST_LABEL}={}", cluster.id());
+    Operator::start(cluster, &["--selector", &selector])
+}
+
+fn user_secret(cluster: &TestCluster, name: &str, password: &str) {
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: user-{name}\n  namespace: {}\n  labels: {{berth.dev/user: \"true\"}}\nstringData:\n  username: {name}\n  password: {password}\n",
+        cluster.namespace()
+    );
+    cluster.kubectl_stdin(&["apply", "-f", "-"], &yaml).ok();
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Pulls `repo:tag`'s manifest as a client does: a token for `repository:repo:pull`
+/// from the token endpoint (with Basic credentials), then the manifest with it.
+async fn pull_status(url: &str, user: &str, password: &str, repo: &str, tag: &str) -> u16 {
+    let client = reqwest::Client::new();
+    let token = client
+        .get(format!(
+            "{url}/auth/token?service=berth&scope=repository:{repo}:pull"
+        ))
+        .header("authorization", basic(user, password))
+        .send()
+        .await
+        .unwrap();
+    if token.status() != 200 {
+        return token.status().as_u16();
+    }
+    let token: Value = token.json().await.unwrap();
+    client
+        .get(format!("{url}/v2/{repo}/manifests/{tag}"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .header(
+            "authorization",
+            format!("Bearer {}", token["token"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Polls until `check` returns `want` (watch events take a moment to arrive).
+async fn eventually<F, Fut>(what: &str, want: u16, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = check().await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still {got}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn members_and_visibility_changed_in_the_namespace_apply_to_the_next_request() {
+    let Some(cluster) = TestCluster::start("auth-live").await else {
+        return;
+    };
+    user_secret(&cluster, "alice", "alice-pw");
+    user_secret(&cluster, "bob", "bob-pw");
+    let first = operator(&cluster);
+    let ns = cluster.unique("secret");
+    let members = json!([{"user": "alice", "permission": "read"}]);
+    cluster
+        .create(&berth(
+            "Namespace",
+            &ns,
+            json!({"visibility": "private", "members": members}),
+        ))
+        .await
+        .unwrap();
+    wait_ready(&cluster, "Namespace", &ns, None).await;
+    let repo = format!("{ns}/app");
+    push_image(&first.url(), &repo, "v1", "live").await.unwrap();
+    let url = first.url();
+
+    eventually("alice, a reader, pulls", 200, || {
+        pull_status(&url, "alice", "alice-pw", &repo, "v1")
+    })
+    .await;
+    assert_eq!(pull_status(&url, "bob", "bob-pw", &repo, "v1").await, 403);
+    assert_eq!(pull_status(&url, "bob", "wrong", &repo, "v1").await, 401);
+
+    // Bob becomes a member: the next request is allowed, no restart.
+    cluster
+        .kubectl(&[
+            "patch",
+            "registrynamespaces.berth.dev",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"members":[{"user":"alice","permission":"read"},{"user":"bob","permission":"read"}]}}"#,
+        ])
+        .ok();
+    eventually("bob, added as a reader, pulls", 200, || {
+        pull_status(&url, "bob", "bob-pw", &repo, "v1")
+    })
+    .await;
+
+    // Alice is removed and the namespace becomes internal: any signed-in user still pulls,
+    // an anonymous caller still does not.
+    cluster
+        .kubectl(&[
+            "patch",
+            "registrynamespaces.berth.dev",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"visibility":"internal","members":[]}}"#,
+        ])
+        .ok();
+    user_secret(&cluster, "carol", "carol-pw");
+    eventually(
+        "carol, any signed-in user, pulls from an internal namespace",
+        200,
+        || pull_status(&url, "carol", "carol-pw", &repo, "v1"),
+    )
+    .await;
+    let anonymous = reqwest::get(format!("{url}/v2/{repo}/manifests/v1"))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // A second replica shares the signing key: a token from one works on the other.
+    let second = operator(&cluster);
+    let token: Value = reqwest::Client::new()
+        .get(format!(
+            "{url}/auth/token?service=berth&scope=repository:{repo}:pull"
+        ))
+        .header("authorization", basic("carol", "carol-pw"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
+    eventually("the other replica accepts the token", 404, || {
+        let url = second.url();
+        let bearer = bearer.clone();
+        let repo = repo.clone();
+        async move {
+            // The second replica has its own (empty) data dir: 404 means "authorized, not here".
+            reqwest::Client::new()
+                .get(format!("{url}/v2/{repo}/manifests/v1"))
+                .header("authorization", bearer)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pod_pulls_with_its_service_account_token() {
+    let Some(cluster) = TestCluster::start("auth-sa").await else {
+        return;
+    };
+    let op = operator(&cluster);
+    let internal = cluster.unique("shared");
+    let private = cluster.unique("closed");
+    cluster
+        .create(&berth(
+            "Namespace",
+            &internal,
+            json!({"visibility": "internal"}),
+        ))
+        .await
+        .unwrap();
+    cluster
+        .create(&berth(
+            "Namespace",
+            &private,
+            json!({"visibility": "private"}),
+        ))
+        .await
+        .unwrap();
+    wait_ready(&cluster, "Namespace", &internal, None).await;
+    wait_ready(&cluster, "Namespace", &private, None).await;
+    for ns in [&internal, &private] {
+        push_image(&op.url(), &format!("{ns}/app"), "v1", ns)
+            .await
+            .unwrap();
+    }
+    let token = cluster
+        .kubectl(&["create", "token", "default", "-n", cluster.namespace()])
+        .ok();
+    let token = token.trim();
+    let url = op.url();
+    assert_eq!(
+        pull_status(
+            &url,
+            "serviceaccount",
+            token,
+            &format!("{internal}/app"),
+            "v1"
+        )
+        .await,
+        200,
+        "a ServiceAccount is a signed-in user"
+    );
+    assert_eq!(
+        pull_status(
+            &url,
+            "serviceaccount",
+            token,
+            &format!("{private}/app"),
+            "v1"
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        pull_status(
+            &url,
+            "serviceaccount",
+            "not-a-token",
+            &format!("{internal}/app"),
+            "v1"
+        )
+        .await,
+        401
+    );
+
+    // Made a member by its Kubernetes user name, it pulls from the private namespace.
+    let member = format!("system:serviceaccount:{}:default", cluster.namespace());
+    cluster
+        .kubectl(&[
+            "patch",
+            "registrynamespaces.berth.dev",
+            &private,
+            "--type=merge",
+            "-p",
+            &json!({"spec": {"members": [{"user": member, "permission": "read"}]}}).to_string(),
+        ])
+        .ok();
+    let repo = format!("{private}/app");
+    eventually("the ServiceAccount, now a reader, pulls", 200, || {
+        pull_status(&url, "serviceaccount", token, &repo, "v1")
+    })
+    .await;
+}

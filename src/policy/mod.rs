@@ -11,8 +11,10 @@ use crate::api::{Member, Quota, Visibility};
 use crate::oci::RepositoryName;
 
 mod access;
+mod limits;
 
 pub use access::{Action, Caller, Denial};
+pub use limits::{QuotaScope, glob_matches};
 
 /// The registry namespace every installation has unless it is declared otherwise.
 pub const DEFAULT_NAMESPACE: &str = "library";

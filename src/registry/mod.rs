@@ -7,6 +7,7 @@ mod blobs;
 mod catalog;
 pub mod error;
 pub mod events;
+mod limits;
 mod manifests;
 mod pagination;
 mod referrers;
@@ -154,6 +155,7 @@ async fn handle(
     if writes && let Some(repo) = route.repository() {
         state.check_push(repo)?;
     }
+    let body = limits::check(state, &route, &req, body).await?;
     match (route, req.method.clone()) {
         (Route::Base, Method::GET | Method::HEAD) => {
             Ok(json_response(StatusCode::OK, b"{}".to_vec()))

@@ -677,3 +677,212 @@ async fn a_refresh_token_gets_new_access_tokens() {
     .unwrap();
     assert_eq!(r.status(), 401, "an access token is not a refresh token");
 }
+
+const LIMITED: &str = r#"
+apiVersion: berth.dev/v1alpha1
+kind: Namespace
+metadata: {name: small}
+spec:
+  quota: {maxTags: 3}
+---
+apiVersion: berth.dev/v1alpha1
+kind: Repository
+metadata: {name: small.app}
+spec:
+  namespace: small
+  name: app
+  quota: {maxBytes: 2000}
+  immutableTags: ["v*"]
+---
+"#;
+
+fn limited_config() -> String {
+    format!("{LIMITED}{}", user_secret("root", "root-password", true))
+}
+
+fn manifest_for(config: &str, layer: &str) -> Vec<u8> {
+    json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 0},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 0}],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A push that would exceed a repository's byte quota or a namespace's tag quota is
+/// refused with a message naming the quota, and nothing of it is stored.
+#[tokio::test]
+async fn quotas_refuse_the_push_that_would_exceed_them_and_store_nothing() {
+    let registry = Registry::start(&limited_config()).await;
+    let root = creds("root");
+    let auth = registry::basic("root", "root-password");
+    registry.push(&root, "small/app", "v1", "first").await;
+
+    // 3000 bytes in one POST: over the 2000-byte quota.
+    let big = vec![7u8; 3000];
+    let digest = common::sha256(&big);
+    let r = registry
+        .raw(
+            Method::POST,
+            &format!("/v2/small/app/blobs/uploads/?digest={digest}"),
+            Some(&auth),
+            Some(("application/octet-stream", big.clone())),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("maxBytes") && r.text().contains("small/app"),
+        "{}",
+        r.text()
+    );
+    let head = registry
+        .raw(
+            Method::HEAD,
+            &format!("/v2/small/app/blobs/{digest}"),
+            Some(&auth),
+            None,
+        )
+        .await;
+    assert_eq!(
+        head.status, 404,
+        "the refused blob is not in the repository"
+    );
+
+    // The same in a chunked upload: refused at the chunk, and the session is gone.
+    let start = registry
+        .raw(
+            Method::POST,
+            "/v2/small/app/blobs/uploads/",
+            Some(&auth),
+            None,
+        )
+        .await;
+    assert_eq!(start.status, 202);
+    let location = start.headers["location"].to_str().unwrap().to_string();
+    let patch = registry
+        .raw(
+            Method::PATCH,
+            &location,
+            Some(&auth),
+            Some(("application/octet-stream", big)),
+        )
+        .await;
+    assert_eq!(patch.status, 403, "{}", patch.text());
+    let status = registry
+        .raw(Method::GET, &location, Some(&auth), None)
+        .await;
+    assert_eq!(status.status, 404, "the upload session was dropped");
+
+    // The namespace holds at most 3 tags: v1 plus two more, then no more.
+    registry.push(&root, "small/other", "a", "a").await;
+    registry.push(&root, "small/other", "b", "b").await;
+    let (config, layer) = (
+        "sha256:".to_string() + &"0".repeat(64),
+        "sha256:".to_string() + &"1".repeat(64),
+    );
+    let r = registry
+        .raw(
+            Method::PUT,
+            "/v2/small/other/manifests/c",
+            Some(&auth),
+            Some((
+                "application/vnd.oci.image.manifest.v1+json",
+                manifest_for(&config, &layer),
+            )),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("maxTags") && r.text().contains("namespace small"),
+        "{}",
+        r.text()
+    );
+    let tags = registry
+        .raw(Method::GET, "/v2/small/other/tags/list", Some(&auth), None)
+        .await;
+    assert_eq!(tags.json()["tags"], json!(["a", "b"]));
+    // Re-pointing an existing tag adds none: allowed.
+    registry.push(&root, "small/other", "a", "a again").await;
+}
+
+/// Tags matching `spec.immutableTags` cannot be overwritten with other content or
+/// deleted, directly or through their manifest; other tags can.
+#[tokio::test]
+async fn immutable_tags_can_be_neither_overwritten_nor_deleted() {
+    let registry = Registry::start(&limited_config()).await;
+    let root = creds("root");
+    let auth = registry::basic("root", "root-password");
+    let (digest, _) = registry.push(&root, "small/app", "v1", "release").await;
+
+    let manifest = registry
+        .raw(Method::GET, "/v2/small/app/manifests/v1", Some(&auth), None)
+        .await
+        .body;
+    // The same content again is not an overwrite.
+    let r = registry
+        .raw(
+            Method::PUT,
+            "/v2/small/app/manifests/v1",
+            Some(&auth),
+            Some(("application/vnd.oci.image.manifest.v1+json", manifest)),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // Other content under v1 is refused, and v1 still points where it did.
+    let (config, layer) = (
+        "sha256:".to_string() + &"0".repeat(64),
+        "sha256:".to_string() + &"1".repeat(64),
+    );
+    let r = registry
+        .raw(
+            Method::PUT,
+            "/v2/small/app/manifests/v1",
+            Some(&auth),
+            Some((
+                "application/vnd.oci.image.manifest.v1+json",
+                manifest_for(&config, &layer),
+            )),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("immutable") && r.text().contains("v*"),
+        "{}",
+        r.text()
+    );
+    for reference in ["v1", digest.as_str()] {
+        let r = registry
+            .raw(
+                Method::DELETE,
+                &format!("/v2/small/app/manifests/{reference}"),
+                Some(&auth),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 403, "deleting {reference}: {}", r.text());
+    }
+    let r = registry
+        .raw(
+            Method::HEAD,
+            "/v2/small/app/manifests/v1",
+            Some(&auth),
+            None,
+        )
+        .await;
+    assert_eq!(r.headers["docker-content-digest"].to_str().unwrap(), digest);
+
+    // A tag outside the patterns is mutable.
+    registry.tag(&root, "small/app", &digest, "latest").await;
+    let r = registry
+        .raw(
+            Method::DELETE,
+            "/v2/small/app/manifests/latest",
+            Some(&auth),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+}

@@ -31,9 +31,17 @@ pub struct HttpMetrics {
     pub blob_serve_duration: Histogram,
 }
 
+/// How a token was obtained: `anonymous`, `basic` (GET with Basic auth), `password`
+/// or `refresh_token` (POST grants); `refused` for failed attempts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub grant: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub http: HttpMetrics,
+    pub tokens: Family<TokenLabels, Counter>,
 }
 
 impl Metrics {
@@ -83,7 +91,17 @@ impl Metrics {
             "Time to stream one blob to a client",
             http.blob_serve_duration.clone(),
         );
-        Metrics { registry, http }
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "auth_tokens",
+            "Token endpoint requests by grant (refused: credentials not accepted)",
+            tokens.clone(),
+        );
+        Metrics {
+            registry,
+            http,
+            tokens,
+        }
     }
 
     pub fn encode(&self) -> String {

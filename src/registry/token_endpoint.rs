@@ -43,8 +43,17 @@ fn first<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+fn count(state: &RegistryState, grant: &'static str) {
+    state
+        .metrics
+        .tokens
+        .get_or_create(&crate::metrics::TokenLabels { grant })
+        .inc();
+}
+
 fn unauthorized(state: &RegistryState, headers: &HeaderMap, error: AuthError) -> Response {
     tracing::info!(%error, "token request refused");
+    count(state, "refused");
     let settings = state.auth.settings();
     RegistryError::new(ErrorCode::Unauthorized, error.to_string())
         .with_header(
@@ -68,6 +77,14 @@ pub async fn get(
         Ok(identity) => identity.caller,
         Err(e) => return unauthorized(&state, &headers, e),
     };
+    count(
+        &state,
+        if headers.contains_key(header::AUTHORIZATION) {
+            "basic"
+        } else {
+            "anonymous"
+        },
+    );
     let scopes = parse_all(
         query
             .iter()
@@ -91,7 +108,10 @@ pub async fn post(State(state): State<RegistryState>, headers: HeaderMap, body: 
                 return bad_request("grant_type=password needs username and password");
             };
             match state.auth.login(user, password).await {
-                Ok(caller) => caller,
+                Ok(caller) => {
+                    count(&state, "password");
+                    caller
+                }
                 Err(e) => return unauthorized(&state, &headers, e),
             }
         }
@@ -110,7 +130,10 @@ pub async fn post(State(state): State<RegistryState>, headers: HeaderMap, body: 
                 .map_err(AuthError::from)
                 .and_then(|c| state.auth.caller_of(&c))
             {
-                Ok(caller) => caller,
+                Ok(caller) => {
+                    count(&state, "refresh_token");
+                    caller
+                }
                 Err(e) => return unauthorized(&state, &headers, e),
             }
         }

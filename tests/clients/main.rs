@@ -4,6 +4,7 @@
 //! Client command lines follow scripts/CLIENTS.md; every client's configuration lives
 //! in temp directories.
 
+mod auth;
 #[path = "../common/mod.rs"]
 mod common;
 mod http;

@@ -193,6 +193,11 @@ struct OperatorArgs {
         env = "BERTH_SIGNING_KEY_SECRET"
     )]
     signing_key_secret: String,
+
+    /// The registry's address as kubelets and clients reach it (`host[:port]`), written
+    /// into the pull Secrets of users annotated `berth.dev/pull-secret-namespaces`.
+    #[arg(long, env = "BERTH_REGISTRY_HOST")]
+    registry_host: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -353,6 +358,11 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         client.clone(),
         args.namespace.clone(),
         users.clone(),
+        controller::pull_secrets::PullSecrets {
+            client: client.clone(),
+            key: key.clone(),
+            registry_host: args.registry_host.clone(),
+        },
     ));
     let auth = Auth::new(
         users,

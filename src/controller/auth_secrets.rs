@@ -103,8 +103,14 @@ fn directory(secrets: &Store<Secret>) -> Directory {
     Directory::new(users)
 }
 
-/// Keeps `users` equal to the user Secrets in `namespace`.
-pub async fn watch_users(client: Client, namespace: String, users: Users) {
+/// Keeps `users` equal to the user Secrets in `namespace`, and the pull Secrets they
+/// ask for written.
+pub async fn watch_users(
+    client: Client,
+    namespace: String,
+    users: Users,
+    pull_secrets: super::pull_secrets::PullSecrets,
+) {
     let api: Api<Secret> = Api::namespaced(client, &namespace);
     let (store, writer) = reflector::store::<Secret>();
     let mut events = reflector::reflector(
@@ -129,6 +135,8 @@ pub async fn watch_users(client: Client, namespace: String, users: Users) {
         let first = !users.is_loaded();
         let count = dir.len();
         users.replace(dir);
+        let secrets: Vec<Secret> = store.state().iter().map(|s| (**s).clone()).collect();
+        pull_secrets.sync(&secrets).await;
         if first {
             tracing::info!(users = count, "users loaded from the cluster");
         }

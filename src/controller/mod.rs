@@ -9,6 +9,7 @@ pub mod leader;
 mod metrics;
 mod namespace;
 mod policy_watcher;
+pub mod pull_secrets;
 mod repository;
 mod status;
 mod validated;

@@ -274,3 +274,89 @@ async fn a_pod_pulls_with_its_service_account_token() {
     })
     .await;
 }
+
+/// A user annotated with Kubernetes namespaces gets a dockerconfigjson pull Secret in
+/// each; its credential pulls what the user may pull; removing the annotation removes
+/// the Secret.
+#[tokio::test]
+async fn an_annotated_user_gets_a_working_pull_secret_in_each_namespace() {
+    let Some(cluster) = TestCluster::start("auth-pull-secret").await else {
+        return;
+    };
+    let apps = cluster.fresh_namespace("apps").await;
+    let selector = format!("{TEST_LABEL}={}", cluster.id());
+    let op = Operator::start(
+        &cluster,
+        &[
+            "--selector",
+            &selector,
+            "--registry-host",
+            "registry.test:5000",
+        ],
+    );
+    let ns = cluster.unique("private");
+    let members = json!([{"user": "deployer", "permission": "read"}]);
+    cluster
+        .create(&berth(
+            "Namespace",
+            &ns,
+            json!({"visibility": "private", "members": members}),
+        ))
+        .await
+        .unwrap();
+    wait_ready(&cluster, "Namespace", &ns, None).await;
+    let repo = format!("{ns}/app");
+    push_image(&op.url(), &repo, "v1", "pull-secret")
+        .await
+        .unwrap();
+
+    let user = |annotation: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: user-deployer\n  namespace: {}\n  labels: {{berth.dev/user: \"true\"}}\n  annotations: {{berth.dev/pull-secret-namespaces: \"{annotation}\"}}\nstringData:\n  username: deployer\n  password: deployer-pw\n",
+            cluster.namespace()
+        )
+    };
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &user(&apps))
+        .ok();
+
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(cluster.client(), &apps);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pull = loop {
+        if let Some(s) = secrets.get_opt("berth-pull-deployer").await.unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no pull Secret in {apps}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        pull.type_.as_deref(),
+        Some("kubernetes.io/dockerconfigjson")
+    );
+    let config: Value = serde_json::from_slice(&pull.data.unwrap()[".dockerconfigjson"].0).unwrap();
+    let entry = &config["auths"]["registry.test:5000"];
+    assert_eq!(entry["username"], "deployer");
+    let credential = entry["password"].as_str().unwrap();
+    assert_ne!(
+        credential, "deployer-pw",
+        "the password itself is never copied"
+    );
+    assert_eq!(
+        pull_status(&op.url(), "deployer", credential, &repo, "v1").await,
+        200,
+        "the pull Secret's credential pulls"
+    );
+
+    cluster.kubectl_stdin(&["apply", "-f", "-"], &user("")).ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while secrets
+        .get_opt("berth-pull-deployer")
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "the pull Secret was not removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

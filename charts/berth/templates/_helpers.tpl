@@ -155,6 +155,10 @@ spec:
               fieldPath: metadata.name
         - name: BERTH_SIGNING_KEY_SECRET
           value: {{ include "berth.fullname" . }}-signing-key
+        {{- with (.Values.registryHost | default (and .Values.ingress.enabled (index .Values.ingress.hosts 0).host)) }}
+        - name: BERTH_REGISTRY_HOST
+          value: {{ . | quote }}
+        {{- end }}
         {{- if eq .Values.storage.type "s3" }}
         {{- with .Values.storage.s3 }}
         - name: AWS_REGION

@@ -20,7 +20,7 @@ use super::common::{Member, Quota, Visibility};
     status = "RepositoryStatus",
     doc = "A repository of a registry namespace: description, category, labels, extra members, sharing, immutable tags and quota.",
     printcolumn(name = "Namespace", type_ = "string", json_path = ".spec.namespace"),
-    printcolumn(name = "Name", type_ = "string", json_path = ".spec.name"),
+    printcolumn(name = "Path", type_ = "string", json_path = ".spec.name"),
     printcolumn(name = "Tags", type_ = "integer", json_path = ".status.tags"),
     printcolumn(name = "Size", type_ = "integer", json_path = ".status.sizeBytes"),
     printcolumn(

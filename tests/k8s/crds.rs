@@ -196,7 +196,7 @@ async fn kubectl_get_berth_lists_every_kind_with_its_printer_columns() {
     let (header, cells) = row(&format!("repository.berth.dev/{name}"));
     assert_eq!(
         header,
-        ["NAME", "NAMESPACE", "NAME", "TAGS", "SIZE", "READY", "AGE"]
+        ["NAME", "NAMESPACE", "PATH", "TAGS", "SIZE", "READY", "AGE"]
     );
     assert_eq!(cells[1..3], [team.as_str(), "web"]);
     let (header, cells) = row(&format!("syncrule.berth.dev/{name}"));

@@ -1,0 +1,190 @@
+//! The cost of auth on the hottest request, manifest GET: the same berth serves a
+//! public repository anonymously and a private one to a bearer token and to Basic
+//! auth; concurrent clients hammer each in turn and the ratio to anonymous is printed.
+//! Run with `scripts/bench-auth.sh` (release build, loopback). Not a test.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+const CONFIG: &str = r#"
+apiVersion: berth.dev/v1alpha1
+kind: Namespace
+metadata: {name: open}
+spec: {visibility: public}
+---
+apiVersion: berth.dev/v1alpha1
+kind: Namespace
+metadata: {name: closed}
+spec:
+  visibility: private
+  members: [{user: bench, permission: write}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bench, labels: {berth.dev/user: "true"}}
+stringData: {password: bench-password, admin: "true"}
+"#;
+
+const CONCURRENCY: usize = 32;
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+async fn push(client: &reqwest::Client, base: &str, basic: &str, repo: &str) {
+    let mut descriptors = Vec::new();
+    for data in [b"{}".to_vec(), b"layer".to_vec()] {
+        let digest = sha256(&data);
+        let r = client
+            .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
+            .header("authorization", basic)
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        descriptors.push((digest, data.len()));
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": descriptors[0].0, "size": descriptors[0].1},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": descriptors[1].0, "size": descriptors[1].1}],
+    });
+    let r = client
+        .put(format!("{base}/v2/{repo}/manifests/v1"))
+        .header("authorization", basic)
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+/// Requests per second of `CONCURRENCY` clients GETting `url` for `duration`.
+async fn load(url: String, authorization: Option<String>, duration: Duration) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + duration;
+    let mut workers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (url, authorization, done) = (url.clone(), authorization.clone(), done.clone());
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            while Instant::now() < until {
+                let mut req = client
+                    .get(&url)
+                    .header("accept", "application/vnd.oci.image.manifest.v1+json");
+                if let Some(a) = &authorization {
+                    req = req.header("authorization", a);
+                }
+                let r = req.send().await.unwrap();
+                assert_eq!(r.status(), 200, "{url}");
+                r.bytes().await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / duration.as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("berth auth bench: env BERTH_BIN (release berth), BENCH_SECS (default 10)");
+        return;
+    }
+    let bin = std::env::var("BERTH_BIN").unwrap_or_else(|_| "target/release/berth".into());
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("config.yaml"), CONFIG).unwrap();
+    let mut child = std::process::Command::new(&bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config-dir"])
+        .arg(work.path())
+        .arg("--data-dir")
+        .arg(work.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+    let mut banner = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut banner,
+    )
+    .unwrap();
+    let addr = banner
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    while client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("bench:bench-password")
+    );
+    push(&client, &base, &basic, "open/app").await;
+    push(&client, &base, &basic, "closed/app").await;
+    let token: serde_json::Value = client
+        .get(format!(
+            "{base}/auth/token?service=berth&scope=repository:closed/app:pull"
+        ))
+        .header("authorization", &basic)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
+
+    let duration = Duration::from_secs(secs);
+    println!("manifest GET by tag, {CONCURRENCY} concurrent clients, {secs} s each, loopback");
+    let anonymous = load(format!("{base}/v2/open/app/manifests/v1"), None, duration).await;
+    let with_token = load(
+        format!("{base}/v2/closed/app/manifests/v1"),
+        Some(bearer),
+        duration,
+    )
+    .await;
+    let with_basic = load(
+        format!("{base}/v2/closed/app/manifests/v1"),
+        Some(basic),
+        duration,
+    )
+    .await;
+    println!("  anonymous (public repository)   {anonymous:>9.0} req/s");
+    println!(
+        "  bearer token (private)          {with_token:>9.0} req/s   ratio to anonymous {:.3} (cost {:+.1} µs/req at this concurrency)",
+        with_token / anonymous,
+        (CONCURRENCY as f64) * 1e6 * (1.0 / with_token - 1.0 / anonymous)
+    );
+    println!(
+        "  Basic auth (private, cached)    {with_basic:>9.0} req/s   ratio to anonymous {:.3}",
+        with_basic / anonymous
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -12,7 +12,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::auth::key::SigningKey;
-use crate::auth::users::{Directory, USER_LABEL, Users, user_from_secret};
+use crate::auth::users::{Directory, USER_LABEL, UserError, Users, user_from_secret};
 
 const KEY_FIELD: &str = "key";
 
@@ -103,6 +103,34 @@ fn directory(secrets: &Store<Secret>) -> Directory {
     Directory::new(users)
 }
 
+/// A user Secret with neither `password` nor `passwordHash` gets a generated password,
+/// written into the Secret for its owner to read. The write is conditional on the
+/// Secret's resourceVersion, so when several replicas try at once exactly one wins.
+async fn generate_missing_passwords(api: &Api<Secret>, secrets: &Store<Secret>) {
+    for secret in secrets.state() {
+        if !matches!(user_from_secret(&secret), Err(UserError::NoPassword)) {
+            continue;
+        }
+        let mut bytes = [0u8; 18];
+        getrandom::fill(&mut bytes).expect("the operating system provides randomness");
+        let password =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+        let mut updated = (*secret).clone();
+        updated
+            .data
+            .get_or_insert_with(BTreeMap::new)
+            .insert("password".into(), ByteString(password.into_bytes()));
+        let name = secret.name_any();
+        match api.replace(&name, &PostParams::default(), &updated).await {
+            Ok(_) => tracing::info!(secret = %name, "generated a password for a berth user"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {} // another replica did it
+            Err(e) => {
+                tracing::warn!(secret = %name, error = %e, "writing a generated password failed")
+            }
+        }
+    }
+}
+
 /// Keeps `users` equal to the user Secrets in `namespace`, and the pull Secrets they
 /// ask for written.
 pub async fn watch_users(
@@ -115,7 +143,7 @@ pub async fn watch_users(
     let (store, writer) = reflector::store::<Secret>();
     let mut events = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default().labels(USER_LABEL)),
+        watcher(api.clone(), watcher::Config::default().labels(USER_LABEL)),
     )
     .default_backoff()
     .boxed();
@@ -132,6 +160,7 @@ pub async fn watch_users(
         let Ok(dir) = tokio::task::spawn_blocking(move || directory(&snapshot)).await else {
             continue;
         };
+        generate_missing_passwords(&api, &store).await;
         let first = !users.is_loaded();
         let count = dir.len();
         users.replace(dir);

@@ -89,6 +89,14 @@ async fn members_and_visibility_changed_in_the_namespace_apply_to_the_next_reque
     };
     user_secret(&cluster, "alice", "alice-pw");
     user_secret(&cluster, "bob", "bob-pw");
+    // A user declared without a password gets a generated one, readable in its Secret.
+    let generated = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: user-gina\n  namespace: {}\n  labels: {{berth.dev/user: \"true\"}}\nstringData:\n  username: gina\n",
+        cluster.namespace()
+    );
+    cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &generated)
+        .ok();
     let first = operator(&cluster);
     let ns = cluster.unique("secret");
     let members = json!([{"user": "alice", "permission": "read"}]);
@@ -108,6 +116,28 @@ async fn members_and_visibility_changed_in_the_namespace_apply_to_the_next_reque
     eventually("alice, a reader, pulls", 200, || {
         pull_status(&url, "alice", "alice-pw", &repo, "v1")
     })
+    .await;
+
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(cluster.client(), cluster.namespace());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let gina_password = loop {
+        let secret = secrets.get("user-gina").await.unwrap();
+        if let Some(p) = secret.data.and_then(|d| d.get("password").cloned()) {
+            break String::from_utf8(p.0).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no password was generated for gina"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(gina_password.len() >= 20, "{gina_password:?}");
+    eventually(
+        "gina signs in with the generated password (not a member: 403)",
+        403,
+        || pull_status(&url, "gina", &gina_password, &repo, "v1"),
+    )
     .await;
     assert_eq!(pull_status(&url, "bob", "bob-pw", &repo, "v1").await, 403);
     assert_eq!(pull_status(&url, "bob", "wrong", &repo, "v1").await, 401);

@@ -9,6 +9,7 @@
 
 mod backend;
 mod blobs;
+mod cache;
 mod error;
 mod hasher;
 pub mod layout;
@@ -39,6 +40,7 @@ pub use read::{BlobBody, ByteRange};
 pub use repositories::RepositoryUsage;
 pub use uploads::{UploadLocks, UploadState};
 
+use cache::ManifestCache;
 use local::LocalDir;
 
 /// Registry content on one object store.
@@ -48,6 +50,7 @@ pub struct Store {
     /// The same objects as files, when the store is a local directory.
     local: Option<LocalDir>,
     uploads: UploadLocks,
+    manifests: ManifestCache,
 }
 
 impl Store {
@@ -57,6 +60,7 @@ impl Store {
             objects,
             local: None,
             uploads: UploadLocks::default(),
+            manifests: ManifestCache::default(),
         }
     }
 

@@ -13,6 +13,8 @@
 #                      load average is below this before measuring
 #   DOCKER_REGISTRY    the distribution binary (default: docker-registry on PATH)
 #   RUST_LOG           berth's log filter (default warn: no per-request logging)
+#   CARGO_TARGET_DIR   where cargo builds (default target/); the release berth runs from there
+#   BERTH_BINARY       run this berth binary instead of building one (to compare two builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -32,8 +34,16 @@ DOCKER_REGISTRY="${DOCKER_REGISTRY:-docker-registry}"
 command -v "$DOCKER_REGISTRY" >/dev/null ||
   die "$DOCKER_REGISTRY not found (Debian package docker-registry; scripts/install-system-packages.sh)"
 
-log "building berth (release) and the bench"
-cargo build --release --bin berth
+if [ -n "${BERTH_BINARY:-}" ]; then
+  [ -x "$BERTH_BINARY" ] || die "BERTH_BINARY=$BERTH_BINARY is not an executable"
+  log "building the bench; berth is $BERTH_BINARY"
+  BERTH_VERSION="$BERTH_BINARY"
+else
+  log "building berth (release) and the bench"
+  cargo build --release --bin berth
+  BERTH_BINARY="${CARGO_TARGET_DIR:-target}/release/berth"
+  BERTH_VERSION=$(git describe --always --dirty 2>/dev/null || echo unknown)
+fi
 cargo bench --bench registry --no-run
 
 WORK=$(mktemp -d /tmp/berth-bench.XXXXXX)
@@ -84,7 +94,7 @@ wait_http() { # URL NAME
 }
 
 # berth: the release binary, as deployed.
-RUST_LOG="${RUST_LOG:-warn}" target/release/berth serve --listen 127.0.0.1:0 \
+RUST_LOG="${RUST_LOG:-warn}" "$BERTH_BINARY" serve --listen 127.0.0.1:0 \
   --data-dir "$DATA/berth" >"$WORK/berth.out" 2>"$WORK/berth.log" &
 BERTH_PID=$!
 for _ in $(seq 1 100); do
@@ -133,7 +143,7 @@ fi
 log "berth $BERTH_URL (pid $BERTH_PID), distribution $PEER_URL (pid $PEER_PID)"
 echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ); uptime:$(uptime)"
 echo "distribution: $("$DOCKER_REGISTRY" --version 2>&1 | head -1)"
-echo "berth: $(git describe --always --dirty 2>/dev/null || echo unknown)"
+echo "berth: $BERTH_VERSION"
 cargo bench --bench registry -- \
   --berth "$BERTH_URL" --berth-pid "$BERTH_PID" \
   --peer "$PEER_URL" --peer-pid "$PEER_PID" --peer-name distribution \

@@ -57,21 +57,7 @@ impl StorageLocation {
 
     pub fn open(&self) -> Result<Arc<dyn ObjectStore>, BackendError> {
         match self {
-            StorageLocation::Local(path) => {
-                std::fs::create_dir_all(path).map_err(|source| BackendError::CreateDir {
-                    path: path.clone(),
-                    source,
-                })?;
-                // fsync makes a committed blob or tag survive power loss, not only a killed process.
-                let fs = LocalFileSystem::new_with_prefix(path)
-                    .map_err(|source| BackendError::Open {
-                        location: path.display().to_string(),
-                        source,
-                    })?
-                    .with_fsync(true)
-                    .with_automatic_cleanup(true);
-                Ok(Arc::new(fs))
-            }
+            StorageLocation::Local(path) => Ok(Arc::new(local_filesystem(path)?)),
             StorageLocation::S3 { bucket, prefix } => {
                 let s3 = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
@@ -88,6 +74,22 @@ impl StorageLocation {
             }
         }
     }
+}
+
+/// The local directory as an object store, created if missing.
+pub(super) fn local_filesystem(path: &std::path::Path) -> Result<LocalFileSystem, BackendError> {
+    std::fs::create_dir_all(path).map_err(|source| BackendError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // fsync makes a committed blob or tag survive power loss, not only a killed process.
+    Ok(LocalFileSystem::new_with_prefix(path)
+        .map_err(|source| BackendError::Open {
+            location: path.display().to_string(),
+            source,
+        })?
+        .with_fsync(true)
+        .with_automatic_cleanup(true))
 }
 
 impl std::fmt::Display for StorageLocation {

@@ -20,7 +20,7 @@ impl Store {
         digest: &Digest,
     ) -> Result<Option<BlobStat>> {
         let key = Key::BlobLink(repo, digest).path();
-        let Some(link) = self.get_bytes(&key).await? else {
+        let Some(link) = self.get_small(&key).await? else {
             return Ok(None);
         };
         let size = std::str::from_utf8(&link)
@@ -51,6 +51,7 @@ impl Store {
         };
         open_range(
             self.objects.as_ref(),
+            self.local.as_ref(),
             &Key::Blob(digest).path(),
             span,
             stat.size,

@@ -69,6 +69,8 @@ impl Store {
         // Content first, then the revision link, the referrers entry, and the tag last.
         self.put_bytes(&Key::Blob(&digest).path(), body.clone())
             .await?;
+        // The first pull of a fresh push (often a rollout right after it) skips the read.
+        self.manifests.insert(&digest, &body);
         let link = ManifestLink {
             media_type: manifest.media_type.clone(),
             size: body.len() as u64,
@@ -184,11 +186,18 @@ impl Store {
         let Some(found) = self.stat_manifest(repo, reference).await? else {
             return Ok(None);
         };
-        let key = Key::Blob(&found.digest).path();
-        let bytes = self
-            .get_bytes(&key)
-            .await?
-            .ok_or_else(|| StorageError::corrupt(&key, "manifest content is missing"))?;
+        let bytes = match self.manifests.get(&found.digest) {
+            Some(bytes) => bytes,
+            None => {
+                let key = Key::Blob(&found.digest).path();
+                let bytes = self
+                    .get_bytes(&key)
+                    .await?
+                    .ok_or_else(|| StorageError::corrupt(&key, "manifest content is missing"))?;
+                self.manifests.insert(&found.digest, &bytes);
+                bytes
+            }
+        };
         Ok(Some(StoredManifest {
             digest: found.digest,
             media_type: found.media_type,

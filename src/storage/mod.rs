@@ -9,9 +9,11 @@
 
 mod backend;
 mod blobs;
+mod cache;
 mod error;
 mod hasher;
 pub mod layout;
+mod local;
 mod manifests;
 mod read;
 mod repositories;
@@ -38,23 +40,41 @@ pub use read::{BlobBody, ByteRange};
 pub use repositories::RepositoryUsage;
 pub use uploads::{UploadLocks, UploadState};
 
+use cache::ManifestCache;
+use local::LocalDir;
+
 /// Registry content on one object store.
 #[derive(Clone)]
 pub struct Store {
     objects: Arc<dyn ObjectStore>,
+    /// The same objects as files, when the store is a local directory.
+    local: Option<LocalDir>,
     uploads: UploadLocks,
+    manifests: ManifestCache,
 }
 
 impl Store {
+    /// A store on any object store, reached only through its API.
     pub fn new(objects: Arc<dyn ObjectStore>) -> Self {
         Store {
             objects,
+            local: None,
             uploads: UploadLocks::default(),
+            manifests: ManifestCache::default(),
         }
     }
 
+    /// The store at `location`; a local directory is also read directly (see `local.rs`).
     pub fn open(location: &StorageLocation) -> Result<Self, BackendError> {
-        Ok(Store::new(location.open()?))
+        match location {
+            StorageLocation::Local(path) => {
+                let fs = Arc::new(backend::local_filesystem(path)?);
+                let mut store = Store::new(fs.clone());
+                store.local = Some(LocalDir::new(fs));
+                Ok(store)
+            }
+            StorageLocation::S3 { .. } => Ok(Store::new(location.open()?)),
+        }
     }
 
     pub fn objects(&self) -> &Arc<dyn ObjectStore> {
@@ -95,7 +115,23 @@ impl Store {
             .await
     }
 
+    /// Reads an object of any size.
     async fn get_bytes(&self, key: &Path) -> Result<Option<Bytes>> {
+        if let Some(local) = &self.local {
+            return local.read(key).await;
+        }
+        self.os_get_bytes(key).await
+    }
+
+    /// Reads a pointer, link or session record: an object of at most a few KiB.
+    async fn get_small(&self, key: &Path) -> Result<Option<Bytes>> {
+        if let Some(local) = &self.local {
+            return local.read_small(key);
+        }
+        self.os_get_bytes(key).await
+    }
+
+    async fn os_get_bytes(&self, key: &Path) -> Result<Option<Bytes>> {
         match self.os_get(key, GetOptions::default()).await {
             Ok(r) => r
                 .bytes()
@@ -107,8 +143,9 @@ impl Store {
         }
     }
 
+    /// Reads a small JSON record (a pointer, link, descriptor or session).
     async fn get_json<T: DeserializeOwned>(&self, key: &Path) -> Result<Option<T>> {
-        match self.get_bytes(key).await? {
+        match self.get_small(key).await? {
             None => Ok(None),
             Some(b) => serde_json::from_slice(&b)
                 .map(Some)
@@ -130,6 +167,9 @@ impl Store {
     }
 
     async fn exists(&self, key: &Path) -> Result<bool> {
+        if let Some(local) = &self.local {
+            return local.exists(key);
+        }
         match self.os_head(key).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),

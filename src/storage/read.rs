@@ -7,6 +7,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore};
 
 use super::error::{Result, StorageError};
+use super::local::LocalDir;
 
 /// An inclusive byte range from an HTTP `Range: bytes=start-end` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,31 +67,36 @@ pub struct BlobBody {
 /// Reads served from local files use big chunks on a blocking thread: object_store's own
 /// file stream reads 8 KiB per blocking task, which caps throughput far below the disk.
 const LOCAL_READ_CHUNK: usize = 1 << 20;
+/// Chunks read ahead of the client per served blob: enough to keep the socket busy while
+/// the next one is read, few enough that memory per request stays small.
+const LOCAL_READ_AHEAD: usize = 4;
 
 pub(super) async fn open_range(
     objects: &dyn ObjectStore,
+    local: Option<&LocalDir>,
     key: &Path,
     range: std::ops::Range<u64>,
     total_size: u64,
 ) -> Result<BlobBody> {
-    let opts = GetOptions {
-        range: Some(GetRange::Bounded(range.clone())),
-        ..Default::default()
-    };
-    let got = if range.is_empty() {
-        None
+    let missing = || StorageError::corrupt(key, "linked blob content is missing");
+    let stream = if range.is_empty() {
+        futures::stream::empty().boxed()
+    } else if let Some(local) = local {
+        let file = local.open(key)?.ok_or_else(missing)?;
+        local_file_stream(file, range.clone())
     } else {
-        Some(objects.get_opts(key, opts).await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => {
-                StorageError::corrupt(key, "linked blob content is missing")
-            }
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(range.clone())),
+            ..Default::default()
+        };
+        let got = objects.get_opts(key, opts).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => missing(),
             e => StorageError::backend("read", key, e),
-        })?)
-    };
-    let stream = match got.map(|g| g.payload) {
-        None => futures::stream::empty().boxed(),
-        Some(GetResultPayload::File(file, _)) => local_file_stream(file, range.clone()),
-        Some(GetResultPayload::Stream(s)) => s.map_err(std::io::Error::other).boxed(),
+        })?;
+        match got.payload {
+            GetResultPayload::File(file, _) => local_file_stream(file, range.clone()),
+            GetResultPayload::Stream(s) => s.map_err(std::io::Error::other).boxed(),
+        }
     };
     Ok(BlobBody {
         total_size,
@@ -103,8 +109,8 @@ fn local_file_stream(
     file: std::fs::File,
     range: std::ops::Range<u64>,
 ) -> BoxStream<'static, std::io::Result<Bytes>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    use std::io::{Seek, SeekFrom};
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(LOCAL_READ_AHEAD);
     tokio::task::spawn_blocking(move || {
         let mut file = file;
         if let Err(e) = file.seek(SeekFrom::Start(range.start)) {
@@ -114,11 +120,10 @@ fn local_file_stream(
         let mut remaining = range.end - range.start;
         while remaining > 0 {
             let want = remaining.min(LOCAL_READ_CHUNK as u64) as usize;
-            let mut buf = vec![0u8; want];
-            match file.read_exact(&mut buf) {
-                Ok(()) => {
+            match read_chunk(&mut file, want) {
+                Ok(chunk) => {
                     remaining -= want as u64;
-                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    if tx.blocking_send(Ok(chunk)).is_err() {
                         return; // the client went away
                     }
                 }
@@ -130,6 +135,22 @@ fn local_file_stream(
         }
     });
     tokio_stream_from(rx)
+}
+
+/// Exactly `want` bytes from the file's position. The buffer is not zeroed first (a
+/// `vec![0; want]` costs a memset per MiB served): `read_to_end` reads a `File` straight
+/// into the spare capacity.
+fn read_chunk(file: &mut std::fs::File, want: usize) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(want);
+    file.take(want as u64).read_to_end(&mut buf)?;
+    if buf.len() < want {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "blob file is shorter than its recorded size",
+        ));
+    }
+    Ok(Bytes::from(buf))
 }
 
 fn tokio_stream_from(

@@ -62,7 +62,7 @@ impl Store {
 
     /// Size recorded in a blob link (a decimal number) or a manifest link (JSON with `size`).
     async fn link_size(&self, key: &Path) -> Result<u64> {
-        let Some(data) = self.get_bytes(key).await? else {
+        let Some(data) = self.get_small(key).await? else {
             return Ok(0); // deleted while we listed
         };
         if let Ok(size) = std::str::from_utf8(&data)

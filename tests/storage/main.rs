@@ -62,6 +62,7 @@ storage_suite! {
     tags_are_listed_sorted,
     repositories_include_nested_names,
     delete_manifest_by_digest_removes_its_tags,
+    changes_by_another_process_are_seen_at_once,
     referrers_index_lists_manifests_with_a_subject,
     concurrent_tag_pushes_leave_exactly_one_whole_manifest,
     large_blob_streams_out_with_the_right_digest,

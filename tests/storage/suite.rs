@@ -1025,6 +1025,54 @@ pub async fn delete_manifest_by_digest_removes_its_tags(store: Store) {
     );
 }
 
+/// A store keeps manifest bodies in memory; another process writing the same storage (a
+/// replica, or the operator deleting a repository) must still be seen at once.
+pub async fn changes_by_another_process_are_seen_at_once(store: Store) {
+    let r = repo("shared/app");
+    let (first, first_bytes) = push_image(&store, &r, Some("v1"), &[], "first").await;
+    let by_tag = Reference::Tag(tag("v1"));
+    let get = |reference: Reference| {
+        let store = store.clone();
+        let r = r.clone();
+        async move { store.get_manifest(&r, &reference).await.unwrap() }
+    };
+    assert_eq!(get(by_tag.clone()).await.unwrap().bytes, first_bytes);
+
+    let other = Store::new(store.objects().clone());
+    let (second, second_bytes) = push_image(&other, &r, Some("v1"), &[], "second").await;
+    let got = get(by_tag.clone()).await.expect("the moved tag");
+    assert_eq!(
+        (got.digest, got.bytes),
+        (second.digest.clone(), second_bytes)
+    );
+
+    assert!(
+        other
+            .delete_manifest(&r, &Reference::Digest(first.digest.clone()))
+            .await
+            .unwrap()
+    );
+    assert!(get(Reference::Digest(first.digest.clone())).await.is_none());
+    assert!(
+        store
+            .stat_manifest(&r, &Reference::Digest(first.digest))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    assert!(other.delete_manifest(&r, &by_tag).await.unwrap());
+    assert!(get(by_tag.clone()).await.is_none());
+    assert!(
+        get(Reference::Digest(second.digest.clone()))
+            .await
+            .is_some()
+    );
+
+    other.delete_repository(&r).await.unwrap();
+    assert!(get(Reference::Digest(second.digest)).await.is_none());
+}
+
 pub async fn referrers_index_lists_manifests_with_a_subject(store: Store) {
     let r = repo("referrers/app");
     let (subject, _) = push_image(&store, &r, Some("v1"), &[], "the subject").await;

@@ -15,6 +15,7 @@ pub mod layout;
 mod manifests;
 mod read;
 mod repositories;
+mod tag_times;
 mod uploads;
 
 use std::sync::Arc;

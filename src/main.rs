@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use berth::config::{ConfigFolder, watch_folder};
+use berth::controller::trigger::{self, RegistryHosts, TriggerMetrics};
 use berth::controller::{self, ControllerMetrics};
 use berth::metrics::Metrics;
 use berth::policy::{Policy, Snapshot};
@@ -57,6 +58,18 @@ struct RegistryArgs {
     /// Overrides --data-dir.
     #[arg(long, env = "BERTH_STORAGE")]
     storage: Option<String>,
+
+    /// A host name (`host[:port]`) under which workloads name this registry in their images,
+    /// e.g. `registry.example.com` or `berth.berth-system.svc:5000` (repeatable, or
+    /// comma-separated). A Trigger without a container name updates the containers whose
+    /// image is its repository on one of these; the first is written into images that name
+    /// none. Default: the listen address, and localhost:PORT on loopback or 0.0.0.0.
+    #[arg(
+        long = "registry-host",
+        env = "BERTH_REGISTRY_HOSTS",
+        value_delimiter = ','
+    )]
+    registry_hosts: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -68,6 +81,11 @@ struct ServeArgs {
     /// applied at start and whenever a file changes. Without it every namespace accepts pushes.
     #[arg(long, env = "BERTH_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+
+    /// A kubeconfig file: the folder's Triggers update that cluster's workloads. Without
+    /// it, Triggers only warn that they have no cluster.
+    #[arg(long, env = "BERTH_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -111,9 +129,23 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Opens storage, binds the port and serves the registry with `policy`.
+/// Binds the registry's port; returns the listener and the host names workloads use
+/// for this registry (`--registry-host`, or from the bound address).
+async fn bind(args: &RegistryArgs) -> anyhow::Result<(tokio::net::TcpListener, RegistryHosts)> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let hosts = match args.registry_hosts.is_empty() {
+        true => RegistryHosts::for_listen_address(listener.local_addr()?),
+        false => RegistryHosts::new(args.registry_hosts.iter().cloned()),
+    };
+    Ok((listener, hosts))
+}
+
+/// Serves the registry with `policy` on the bound `listener`.
 async fn serve_registry(
     args: &RegistryArgs,
+    listener: tokio::net::TcpListener,
     store: Store,
     metrics: Arc<Metrics>,
     policy: Policy,
@@ -125,9 +157,6 @@ async fn serve_registry(
         policy,
         events,
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "berth registry listening");
     println!(
@@ -152,6 +181,10 @@ fn open_store(args: &RegistryArgs) -> anyhow::Result<Store> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args.registry)?;
+    let events = PushEvents::default();
+    let mut metrics = Metrics::new_unshared();
+    let trigger_metrics = TriggerMetrics::register(&mut metrics.registry);
+    let (listener, hosts) = bind(&args.registry).await?;
     let policy = match &args.config_dir {
         None => Policy::new(Snapshot::open()),
         Some(dir) => {
@@ -165,12 +198,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             policy
         }
     };
+    trigger::standalone::start(
+        args.config_dir.as_deref(),
+        args.kubeconfig.as_deref(),
+        trigger::standalone::Parts {
+            store: store.clone(),
+            policy: policy.clone(),
+            hosts,
+            metrics: trigger_metrics,
+            pushes: events.clone(),
+        },
+    )
+    .await?;
     serve_registry(
         &args.registry,
+        listener,
         store,
-        Metrics::new(),
+        Arc::new(metrics),
         policy,
-        PushEvents::default(),
+        events,
     )
     .await
 }
@@ -184,20 +230,25 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     let events = PushEvents::default();
     let mut metrics = Metrics::new_unshared();
     let controller_metrics = ControllerMetrics::register(&mut metrics.registry);
+    let trigger_metrics = TriggerMetrics::register(&mut metrics.registry);
     let metrics = Arc::new(metrics);
+    let (listener, hosts) = bind(&args.registry).await?;
     let identity = args
         .identity
         .clone()
         .unwrap_or_else(|| format!("berth-{}", uuid::Uuid::new_v4()));
-    let ctx = Arc::new(controller::Context::new(
-        client.clone(),
-        store.clone(),
-        policy.clone(),
-        controller_metrics,
-        args.namespace.clone(),
-        args.selector.clone(),
-        events.clone(),
-    ));
+    let ctx = Arc::new(
+        controller::Context::new(
+            client.clone(),
+            store.clone(),
+            policy.clone(),
+            controller_metrics,
+            args.namespace.clone(),
+            args.selector.clone(),
+            events.clone(),
+        )
+        .with_triggers(hosts, trigger_metrics),
+    );
     let election = controller::leader::LeaderElection::new(
         client,
         &args.namespace,
@@ -205,7 +256,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         &identity,
     );
     tokio::spawn(controller::run_operator(ctx, election));
-    serve_registry(&args.registry, store, metrics, policy, events).await
+    serve_registry(&args.registry, listener, store, metrics, policy, events).await
 }
 
 fn crds(args: CrdsArgs) -> anyhow::Result<()> {

@@ -13,3 +13,4 @@ mod kubectl_output;
 mod operator;
 mod reconcile;
 mod resources;
+mod triggers;

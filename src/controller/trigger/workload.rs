@@ -20,7 +20,9 @@ use super::super::FIELD_MANAGER;
 use crate::api::WorkloadKind;
 
 /// Workload annotation: per trigger, the push it last applied (JSON), so a push older
-/// than the one applied never overwrites it, whichever replica handles which.
+/// than the one applied never overwrites it, whichever replica handles which. (The
+/// apiserver counts a Deployment's annotation changes in its generation: a firing writes
+/// the image and this annotation together, one generation and one rollout.)
 pub const LAST_PUSH_ANNOTATION: &str = "berth.dev/last-push";
 
 /// Pod template annotation (`imageReference: Tag`): `container=digest,…`, so pushing a

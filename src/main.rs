@@ -11,6 +11,7 @@ use berth::auth::key::SigningKey;
 use berth::auth::service_accounts::ServiceAccountReviewer;
 use berth::auth::users::Users;
 use berth::config::{ConfigFolder, watch_folder};
+use berth::controller::trigger::{self, RegistryHosts, TriggerMetrics};
 use berth::controller::{self, ControllerMetrics};
 use berth::metrics::Metrics;
 use berth::policy::{Policy, Snapshot};
@@ -133,6 +134,19 @@ struct RegistryArgs {
     /// How long `berth login-command --temporary` credentials last, in hours.
     #[arg(long, default_value_t = 6, env = "BERTH_TEMPORARY_CREDENTIAL_HOURS")]
     temporary_credential_hours: u64,
+
+    /// A host name (`host[:port]`) under which workloads name this registry in their images,
+    /// e.g. `registry.example.com` or `berth.berth-system.svc:5000` (repeatable, or
+    /// comma-separated). A Trigger without a container name updates the containers whose
+    /// image is its repository on one of these; the first is written into images that name
+    /// none; it is also the address written into pull Secrets. Default: the listen
+    /// address, and localhost:PORT on loopback or 0.0.0.0.
+    #[arg(
+        long = "registry-host",
+        env = "BERTH_REGISTRY_HOSTS",
+        value_delimiter = ','
+    )]
+    registry_hosts: Vec<String>,
 }
 
 impl RegistryArgs {
@@ -161,6 +175,11 @@ struct ServeArgs {
     /// until restart.
     #[arg(long, env = "BERTH_SIGNING_KEY_FILE")]
     signing_key_file: Option<PathBuf>,
+
+    /// A kubeconfig file: the folder's Triggers update that cluster's workloads. Without
+    /// it, Triggers only warn that they have no cluster.
+    #[arg(long, env = "BERTH_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -193,11 +212,6 @@ struct OperatorArgs {
         env = "BERTH_SIGNING_KEY_SECRET"
     )]
     signing_key_secret: String,
-
-    /// The registry's address as kubelets and clients reach it (`host[:port]`), written
-    /// into the pull Secrets of users annotated `berth.dev/pull-secret-namespaces`.
-    #[arg(long, env = "BERTH_REGISTRY_HOST")]
-    registry_host: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -218,9 +232,23 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Opens storage, binds the port and serves the registry with `policy`.
+/// Binds the registry's port; returns the listener and the host names workloads use
+/// for this registry (`--registry-host`, or from the bound address).
+async fn bind(args: &RegistryArgs) -> anyhow::Result<(tokio::net::TcpListener, RegistryHosts)> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let hosts = match args.registry_hosts.is_empty() {
+        true => RegistryHosts::for_listen_address(listener.local_addr()?),
+        false => RegistryHosts::new(args.registry_hosts.iter().cloned()),
+    };
+    Ok((listener, hosts))
+}
+
+/// Serves the registry with `policy` on the bound `listener`.
 async fn serve_registry(
     args: &RegistryArgs,
+    listener: tokio::net::TcpListener,
     store: Store,
     metrics: Arc<Metrics>,
     policy: Policy,
@@ -234,9 +262,6 @@ async fn serve_registry(
         events,
         auth,
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "berth registry listening");
     println!(
@@ -279,6 +304,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => Users::default(),
         Some(_) => Users::pending(),
     };
+    let events = PushEvents::default();
+    let mut metrics = Metrics::new_unshared();
+    let trigger_metrics = TriggerMetrics::register(&mut metrics.registry);
+    let (listener, hosts) = bind(&args.registry).await?;
     let policy = match &args.config_dir {
         None => {
             tracing::warn!(
@@ -307,12 +336,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.registry.auth_settings(),
         None,
     );
+    trigger::standalone::start(
+        args.config_dir.as_deref(),
+        args.kubeconfig.as_deref(),
+        trigger::standalone::Parts {
+            store: store.clone(),
+            policy: policy.clone(),
+            hosts,
+            metrics: trigger_metrics,
+            pushes: events.clone(),
+        },
+    )
+    .await?;
     serve_registry(
         &args.registry,
+        listener,
         store,
-        Metrics::new(),
+        Arc::new(metrics),
         policy,
-        PushEvents::default(),
+        events,
         auth,
     )
     .await
@@ -327,20 +369,25 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     let events = PushEvents::default();
     let mut metrics = Metrics::new_unshared();
     let controller_metrics = ControllerMetrics::register(&mut metrics.registry);
+    let trigger_metrics = TriggerMetrics::register(&mut metrics.registry);
     let metrics = Arc::new(metrics);
+    let (listener, hosts) = bind(&args.registry).await?;
     let identity = args
         .identity
         .clone()
         .unwrap_or_else(|| format!("berth-{}", uuid::Uuid::new_v4()));
-    let ctx = Arc::new(controller::Context::new(
-        client.clone(),
-        store.clone(),
-        policy.clone(),
-        controller_metrics,
-        args.namespace.clone(),
-        args.selector.clone(),
-        events.clone(),
-    ));
+    let ctx = Arc::new(
+        controller::Context::new(
+            client.clone(),
+            store.clone(),
+            policy.clone(),
+            controller_metrics,
+            args.namespace.clone(),
+            args.selector.clone(),
+            events.clone(),
+        )
+        .with_triggers(hosts, trigger_metrics),
+    );
     let election = controller::leader::LeaderElection::new(
         client.clone(),
         &args.namespace,
@@ -361,7 +408,8 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         controller::pull_secrets::PullSecrets {
             client: client.clone(),
             key: key.clone(),
-            registry_host: args.registry_host.clone(),
+            // The first --registry-host the user named: how kubelets reach the registry.
+            registry_host: args.registry.registry_hosts.first().cloned(),
         },
     ));
     let auth = Auth::new(
@@ -371,7 +419,16 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         Some(ServiceAccountReviewer::new(client)),
     );
     tokio::spawn(controller::run_operator(ctx, election));
-    serve_registry(&args.registry, store, metrics, policy, events, auth).await
+    serve_registry(
+        &args.registry,
+        listener,
+        store,
+        metrics,
+        policy,
+        events,
+        auth,
+    )
+    .await
 }
 
 async fn login_command(args: LoginCommandArgs) -> anyhow::Result<()> {

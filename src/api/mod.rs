@@ -26,8 +26,8 @@ pub use sync_rule::{
     RemoteRegistry, SecretReference, SyncDirection, SyncRule, SyncRuleSpec, SyncRuleStatus, SyncRun,
 };
 pub use trigger::{
-    ImageReference, TagMatch, TagMatchMode, Trigger, TriggerFiring, TriggerSpec, TriggerStatus,
-    TriggerTarget, WorkloadKind,
+    ContainerImage, ImageReference, TagMatch, TagMatchMode, Trigger, TriggerFiring, TriggerSpec,
+    TriggerStatus, TriggerTarget, WorkloadKind,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

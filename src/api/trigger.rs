@@ -1,4 +1,4 @@
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -46,11 +46,14 @@ pub struct TriggerSpec {
     pub target: TriggerTarget,
 
     /// `Digest` (the default) sets `repo:tag@sha256:…`, so Pods run exactly what was pushed;
-    /// `Tag` sets `repo:tag`.
+    /// `Tag` sets `repo:tag` and records the digest in the Pod template annotation
+    /// `berth.dev/image-digests`, so pushing a tag again rolls out again.
     #[serde(default)]
     pub image_reference: ImageReference,
 
-    /// Restore the previous image when the rollout fails.
+    /// Restore the previous image when the rollout fails (a Deployment's
+    /// `progressDeadlineSeconds` passes; a StatefulSet or DaemonSet is not rolled out
+    /// within 10 minutes).
     #[serde(default)]
     pub rollback: bool,
 
@@ -109,7 +112,8 @@ pub struct TriggerTarget {
     /// Name of the workload.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// The container to update; every container using the repository when absent.
+    /// The container to update; when absent, every container whose image is this
+    /// repository on this registry (a host name berth serves under, `--registry-host`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
 }
@@ -144,7 +148,9 @@ pub struct TriggerStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready` is True when the target exists and the trigger is enabled.
+    /// `Ready` is True when the trigger is enabled and its target exists and has a
+    /// container to update (reason `Watching`); otherwise the reason says why not:
+    /// `Disabled`, `TargetNotFound`, `NoMatchingContainer`, `InvalidRegex`, `NamespaceNotFound`.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -161,20 +167,42 @@ pub struct TriggerFiring {
     pub tag: String,
     /// The pushed manifest digest.
     pub digest: String,
-    /// When the manifest was committed.
-    pub pushed_at: Time,
+    /// When the manifest was committed (for a firing caught up later: when the tag was written).
+    pub pushed_at: MicroTime,
     /// When the workload was patched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub patched_at: Option<Time>,
+    pub patched_at: Option<MicroTime>,
     /// Milliseconds from push to patch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<i64>,
     /// The workload's generation after the patch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
-    /// `Progressing`, `Succeeded`, `Failed` or `RolledBack`.
+    /// `Progressing` while the rollout runs; then `Succeeded`, `Failed`, `RolledBack`
+    /// (failed, and the previous image was restored) or `Superseded` (a newer push, or
+    /// someone else, changed the image before the rollout finished).
     pub result: String,
+    /// When berth saw the rollout succeed or fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<MicroTime>,
     /// Details of the outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The images the patch replaced, restored by a rollback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_images: Vec<ContainerImage>,
+}
+
+/// A container's image before a trigger changed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerImage {
+    /// The container's name.
+    pub container: String,
+    /// Its image.
+    pub image: String,
+    /// With `imageReference: Tag`, the digest berth had recorded for it in the Pod
+    /// template annotation `berth.dev/image-digests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }

@@ -1,6 +1,7 @@
 //! The reconcilers: one per resource kind, sharing a [`Context`]. Every replica
-//! watches Namespaces and Repositories to keep the registry's policy current; only
-//! the leader (see [`leader`]) runs the reconcilers that write status and storage.
+//! watches Namespaces and Repositories to keep the registry's policy current, and fires
+//! the Triggers matching the pushes it receives (see [`trigger`]); only the leader (see
+//! [`leader`]) runs the reconcilers that write status and storage.
 
 pub mod auth_secrets;
 mod backoff;
@@ -12,6 +13,7 @@ mod policy_watcher;
 pub mod pull_secrets;
 mod repository;
 mod status;
+pub mod trigger;
 mod validated;
 
 use std::sync::Arc;
@@ -45,6 +47,8 @@ pub struct Context {
     pub watch_config: watcher::Config,
     /// Pushes from the registry, so usage in status follows a push at once.
     pub pushes: PushEvents,
+    /// What the Triggers need: the cluster, storage, and this registry's host names.
+    pub triggers: Arc<trigger::Env>,
     backoff: Backoff,
 }
 
@@ -62,6 +66,13 @@ impl Context {
             Some(s) => watcher::Config::default().labels(&s),
             None => watcher::Config::default(),
         };
+        let triggers = Arc::new(trigger::Env {
+            client: client.clone(),
+            store: store.clone(),
+            policy: policy.clone(),
+            hosts: trigger::RegistryHosts::default(),
+            metrics: Arc::default(),
+        });
         Context {
             client,
             store,
@@ -70,8 +81,26 @@ impl Context {
             own_namespace,
             watch_config,
             pushes,
+            triggers,
             backoff: Backoff::default(),
         }
+    }
+
+    /// The host names under which workloads name this registry, and the metrics the
+    /// Triggers report to.
+    pub fn with_triggers(
+        mut self,
+        hosts: trigger::RegistryHosts,
+        metrics: Arc<trigger::TriggerMetrics>,
+    ) -> Self {
+        self.triggers = Arc::new(trigger::Env {
+            client: self.client.clone(),
+            store: self.store.clone(),
+            policy: self.policy.clone(),
+            hosts,
+            metrics,
+        });
+        self
     }
 }
 
@@ -81,8 +110,8 @@ const PUSH_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300)
 /// How often status is refreshed from storage when nothing else happens.
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Runs the operator side of berth: the policy watcher on every replica, and the
-/// reconcilers on whichever replica holds the Lease. Never returns.
+/// Runs the operator side of berth: the policy watcher and the Triggers' push path on
+/// every replica, and the reconcilers on whichever replica holds the Lease. Never returns.
 pub async fn run_operator(ctx: Arc<Context>, election: leader::LeaderElection) {
     let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
     tokio::spawn(watch_policy(
@@ -90,6 +119,7 @@ pub async fn run_operator(ctx: Arc<Context>, election: leader::LeaderElection) {
         ctx.watch_config.clone(),
         ctx.policy.clone(),
     ));
+    tokio::spawn(trigger::listen_in_cluster(ctx.clone()));
     tokio::spawn(election.run(leading_tx));
     loop {
         // Wait to lead, then reconcile until leadership is lost (dropping the controllers).
@@ -113,7 +143,7 @@ pub async fn run_controllers(ctx: Arc<Context>) {
         drain(repository::controller(c.clone(), cfg.clone(), ctx.clone())),
         drain(validated::sync_rules(c.clone(), cfg.clone(), ctx.clone())),
         drain(validated::aging_rules(c.clone(), cfg.clone(), ctx.clone())),
-        drain(validated::triggers(c.clone(), cfg.clone(), ctx.clone())),
+        drain(trigger::controller(c.clone(), cfg.clone(), ctx.clone())),
     );
 }
 

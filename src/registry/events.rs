@@ -1,4 +1,4 @@
-//! Pushes, announced in process: controllers (status, and later triggers and sync)
+//! Pushes, announced in process: controllers (status, triggers, and later sync)
 //! react to a push at once instead of waiting for their next resync.
 
 use tokio::sync::broadcast;
@@ -11,6 +11,8 @@ pub struct PushEvent {
     pub repository: RepositoryName,
     pub digest: Digest,
     pub tags: Vec<String>,
+    /// When the manifest was committed: the start of a trigger's push-to-patch latency.
+    pub pushed_at: jiff::Timestamp,
 }
 
 /// The sending side; cheap to clone. Without subscribers an event is simply dropped.

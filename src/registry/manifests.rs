@@ -133,6 +133,7 @@ pub async fn put(
         repository: name.clone(),
         digest: digest.clone(),
         tags,
+        pushed_at: jiff::Timestamp::now(),
     });
     let mut response = StatusCode::CREATED.into_response();
     let h = response.headers_mut();

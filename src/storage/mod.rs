@@ -17,6 +17,7 @@ mod local;
 mod manifests;
 mod read;
 mod repositories;
+mod tag_times;
 mod uploads;
 
 use std::sync::Arc;

@@ -14,3 +14,4 @@ mod kubectl_output;
 mod operator;
 mod reconcile;
 mod resources;
+mod triggers;

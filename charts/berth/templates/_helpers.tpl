@@ -156,7 +156,7 @@ spec:
         - name: BERTH_SIGNING_KEY_SECRET
           value: {{ include "berth.fullname" . }}-signing-key
         {{- with (.Values.registryHost | default (and .Values.ingress.enabled (index .Values.ingress.hosts 0).host)) }}
-        - name: BERTH_REGISTRY_HOST
+        - name: BERTH_REGISTRY_HOSTS
           value: {{ . | quote }}
         {{- end }}
         {{- if eq .Values.storage.type "s3" }}

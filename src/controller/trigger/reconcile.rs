@@ -1,0 +1,253 @@
+//! One reconcile of a trigger, the same on the leader in a cluster and in standalone
+//! `berth serve`: check it, follow the rollout of its last firing (rolling back when it
+//! failed and `rollback` is set), and catch up with the newest matching tag in storage,
+//! so a push that no replica acted on (berth down, a replica that died before patching,
+//! a burst that overflowed the event channel) still reaches the workload.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::Env;
+use super::fire::{Push, carries, fire_and_record, mark_failed, namespace_of, roll_back};
+use super::history::{self, FAILED, PROGRESSING, ROLLED_BACK, SUCCEEDED, SUPERSEDED, StatusSink};
+use super::select::{TagFilter, select_containers};
+use super::workload::{Rollout, Workload};
+use crate::api::{ImageReference, TagMatchMode, Trigger, TriggerFiring, WorkloadKind, conditions};
+use crate::controller::Error;
+use crate::oci::{RepositoryName, Tag};
+
+/// A StatefulSet or DaemonSet has no progress deadline of its own: berth calls its
+/// rollout failed when it has not completed this long after the patch.
+pub const ROLLOUT_DEADLINE: Duration = Duration::from_secs(600);
+
+/// How soon a rollout in progress is looked at again (watch events usually come first).
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+
+struct Verdict {
+    ready: bool,
+    reason: &'static str,
+    message: String,
+}
+
+fn refused(reason: &'static str, message: impl Into<String>) -> Verdict {
+    Verdict {
+        ready: false,
+        reason,
+        message: message.into(),
+    }
+}
+
+/// Reconciles one trigger; returns when to look again.
+pub async fn reconcile(
+    env: &Env,
+    trigger: &Trigger,
+    sink: &StatusSink,
+    resync: Duration,
+) -> Result<Duration, Error> {
+    let (verdict, progressing) = act(env, trigger, sink).await?;
+    let generation = trigger.metadata.generation;
+    sink.update(trigger, |status| {
+        status.observed_generation = generation;
+        conditions::set(
+            &mut status.conditions,
+            conditions::ready(
+                verdict.ready,
+                verdict.reason,
+                verdict.message.clone(),
+                generation,
+            ),
+        );
+    })
+    .await?;
+    Ok(if progressing { FOLLOW_EVERY } else { resync })
+}
+
+/// Checks the trigger and, when it is in effect, follows and catches up. Returns the
+/// verdict, and whether a rollout is still in progress.
+async fn act(env: &Env, trigger: &Trigger, sink: &StatusSink) -> Result<(Verdict, bool), Error> {
+    let spec = &trigger.spec;
+    let namespace = namespace_of(trigger);
+    let registry_namespace = spec.repository.split('/').next().unwrap_or_default();
+    let policy = env.policy.current();
+    if !policy.open && policy.namespace(registry_namespace).is_none() {
+        let message = format!("berth Namespace {registry_namespace:?} does not exist");
+        return Ok((refused("NamespaceNotFound", message), false));
+    }
+    let filter = match TagFilter::new(&spec.tags) {
+        Ok(f) => f,
+        Err(e) => {
+            let message = format!("spec.tags.regex does not compile: {e}");
+            return Ok((refused("InvalidRegex", message), false));
+        }
+    };
+    if !spec.enabled {
+        let message = "the trigger is disabled (spec.enabled is false): pushes change nothing";
+        return Ok((refused("Disabled", message), false));
+    }
+    let target = &spec.target;
+    let Some(workload) = Workload::get(&env.client, &namespace, target.kind, &target.name).await?
+    else {
+        let message = format!(
+            "{:?} {namespace}/{} does not exist",
+            target.kind, target.name
+        );
+        return Ok((refused("TargetNotFound", message), false));
+    };
+    if let Err(why) = select_containers(
+        &workload.containers(),
+        target.container.as_deref(),
+        &spec.repository,
+        &env.hosts,
+    ) {
+        let message = format!("{}: {why}", workload.describe());
+        return Ok((refused("NoMatchingContainer", message), false));
+    }
+    let progressing = follow(env, trigger, &workload, sink).await?;
+    catch_up(env, trigger, &filter, sink).await?;
+    let verdict = Verdict {
+        ready: true,
+        reason: "Watching",
+        message: describe(trigger, &workload),
+    };
+    Ok((verdict, progressing))
+}
+
+/// `rolls out Deployment ns/web (container web) on pushes of team-a/web tags matching ^v.*$, pinned by digest`
+fn describe(trigger: &Trigger, workload: &Workload) -> String {
+    let spec = &trigger.spec;
+    let containers = match &spec.target.container {
+        Some(c) => format!("container {c}"),
+        None => "every container using it".into(),
+    };
+    let tags = match spec.tags.mode {
+        TagMatchMode::All => "any tag".to_string(),
+        TagMatchMode::List => format!(
+            "tags {}",
+            spec.tags.names.clone().unwrap_or_default().join(", ")
+        ),
+        TagMatchMode::Regex => format!(
+            "tags matching {}",
+            spec.tags.regex.as_deref().unwrap_or_default()
+        ),
+    };
+    let reference = match spec.image_reference {
+        ImageReference::Digest => "pinned by digest",
+        ImageReference::Tag => "by tag",
+    };
+    format!(
+        "rolls out {} ({containers}) on pushes of {} with {tags}, {reference}",
+        workload.describe(),
+        spec.repository
+    )
+}
+
+/// Follows the rollout of the newest firing while it is `Progressing`; returns whether
+/// it still is.
+async fn follow(
+    env: &Env,
+    trigger: &Trigger,
+    workload: &Workload,
+    sink: &StatusSink,
+) -> Result<bool, Error> {
+    let status = sink.current(trigger);
+    let Some(firing) = status
+        .history
+        .first()
+        .filter(|f| f.result == PROGRESSING)
+        .cloned()
+    else {
+        return Ok(false);
+    };
+    if !carries(workload, &firing) {
+        let message = "someone else changed the image before the rollout finished";
+        conclude(env, trigger, sink, &firing, SUPERSEDED, message).await?;
+        return Ok(false);
+    }
+    let failure = match workload.rollout() {
+        Rollout::Complete(message) => {
+            conclude(env, trigger, sink, &firing, SUCCEEDED, &message).await?;
+            return Ok(false);
+        }
+        Rollout::Failed(message) => message,
+        Rollout::Progressing(message) => {
+            let patched = firing.patched_at.as_ref().map_or(Timestamp::now(), |t| t.0);
+            let waited = Timestamp::now().duration_since(patched);
+            let overdue = workload.kind != WorkloadKind::Deployment
+                && waited.as_secs_f64() > ROLLOUT_DEADLINE.as_secs_f64();
+            if !overdue {
+                return Ok(true);
+            }
+            format!(
+                "not rolled out {} s after the patch: {message}",
+                ROLLOUT_DEADLINE.as_secs()
+            )
+        }
+    };
+    if !trigger.spec.rollback {
+        mark_failed(env, trigger, &firing).await?;
+        conclude(env, trigger, sink, &firing, FAILED, &failure).await?;
+        return Ok(false);
+    }
+    let restored = roll_back(env, trigger, &firing).await?;
+    if restored.is_empty() {
+        let message = format!("{failure}; nothing to roll back: the image changed since");
+        conclude(env, trigger, sink, &firing, FAILED, &message).await?;
+    } else {
+        let message = format!("{failure}; rolled back to {}", restored.join(", "));
+        tracing::warn!(trigger = %history::key(trigger), tag = %firing.tag, "{message}");
+        conclude(env, trigger, sink, &firing, ROLLED_BACK, &message).await?;
+    }
+    Ok(false)
+}
+
+async fn conclude(
+    env: &Env,
+    trigger: &Trigger,
+    sink: &StatusSink,
+    firing: &TriggerFiring,
+    result: &'static str,
+    message: &str,
+) -> Result<(), Error> {
+    let wrote = sink
+        .update(trigger, |s| history::conclude(s, firing, result, message))
+        .await?;
+    if wrote {
+        let since_push = Timestamp::now().duration_since(firing.pushed_at.0);
+        let seconds = (result == SUCCEEDED).then(|| since_push.as_secs_f64());
+        env.metrics.rollout(result, seconds);
+    }
+    Ok(())
+}
+
+/// Fires for the most recently pushed matching tag if the workload does not run it
+/// (unless that very push failed: see [`fire`](super::fire::fire)).
+async fn catch_up(
+    env: &Env,
+    trigger: &Trigger,
+    filter: &TagFilter,
+    sink: &StatusSink,
+) -> Result<(), Error> {
+    let Ok(repository) = trigger.spec.repository.parse::<RepositoryName>() else {
+        return Ok(());
+    };
+    let newest = env
+        .store
+        .tag_times(&repository)
+        .await?
+        .into_iter()
+        .filter(|(tag, _)| filter.matches(tag))
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    let Some((tag, pushed_at)) = newest else {
+        return Ok(());
+    };
+    let Ok(parsed) = tag.parse::<Tag>() else {
+        return Ok(());
+    };
+    let Some(link) = env.store.resolve_tag(&repository, &parsed).await? else {
+        return Ok(()); // deleted since the listing
+    };
+    let push = Push::new(tag, link.digest.to_string(), pushed_at, true);
+    fire_and_record(env, trigger, &push, sink).await?;
+    Ok(())
+}

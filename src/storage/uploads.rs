@@ -23,9 +23,9 @@ use super::layout::Key;
 use crate::oci::{Algorithm, Digest, RepositoryName};
 
 /// Bytes buffered per part write; S3 needs at least 5 MiB per multipart part.
-const PART_CHUNK: usize = 8 << 20;
+pub(super) const PART_CHUNK: usize = 8 << 20;
 /// Part writes in flight per upload, bounding memory to a few chunks whatever the blob size.
-const PARTS_IN_FLIGHT: usize = 2;
+pub(super) const PARTS_IN_FLIGHT: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Part {
@@ -165,55 +165,6 @@ impl Store {
                 .await?;
         }
         Ok(())
-    }
-
-    /// Streams `body` into a new object at `key`, hashing on the way. Nothing is left
-    /// behind if the body fails part-way; an empty body writes nothing.
-    async fn write_part<S, E>(&self, key: &Path, hasher: &mut Hasher, mut body: S) -> Result<u64>
-    where
-        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
-        E: Display,
-    {
-        let first = loop {
-            match body.next().await {
-                None => return Ok(0),
-                Some(Ok(chunk)) if chunk.is_empty() => continue,
-                Some(Ok(chunk)) => break chunk,
-                Some(Err(e)) => return Err(StorageError::BodyRead(e.to_string())),
-            }
-        };
-        let upload = self
-            .os_put_multipart(key)
-            .await
-            .map_err(|e| StorageError::backend("start writing", key, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_CHUNK);
-        let mut hashing = hasher.clone();
-        let mut written = 0u64;
-        let mut next: Option<std::result::Result<Bytes, E>> = Some(Ok(first));
-        while let Some(item) = next {
-            match item {
-                Ok(chunk) => {
-                    hashing.update(&chunk);
-                    written += chunk.len() as u64;
-                    if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                        let _ = writer.abort().await;
-                        return Err(StorageError::backend("write", key, e));
-                    }
-                    writer.put(chunk);
-                }
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(StorageError::BodyRead(e.to_string()));
-                }
-            }
-            next = body.next().await;
-        }
-        writer
-            .finish()
-            .await
-            .map_err(|e| StorageError::backend("finish writing", key, e))?;
-        *hasher = hashing;
-        Ok(written)
     }
 
     /// Completes an upload with its last chunk (possibly empty): verifies the digest and

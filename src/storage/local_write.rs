@@ -1,0 +1,249 @@
+//! Writing an upload's bytes into a local file while hashing them.
+//!
+//! The request task copies the body into a 1 MiB batch; each full batch is hashed on
+//! one blocking thread and written on another while the task fills the next one, so a
+//! push costs about the time of its slowest stage rather than the sum of all three.
+//!
+//! Two batch buffers take turns, so memory per upload is 2 MiB whatever the blob size,
+//! and nothing is allocated per chunk. The copy is what makes that possible: keeping
+//! hyper's chunks alive while they are hashed and written made hyper allocate a fresh
+//! read buffer for every chunk, and faulting in that memory cost more than copying the
+//! bytes while they are still in cache.
+//!
+//! The file is staged next to its destination under a name object_store's listing
+//! ignores (`<name>#<n>`), synced and renamed into place only when complete, so a
+//! killed process leaves a part either whole or absent.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::mem;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use super::hasher::Hasher;
+
+/// Bytes per hand-off: large enough that the cost of starting two blocking tasks is noise
+/// next to hashing and writing it (about 1 ms), small enough to stay in cache.
+const BATCH_BYTES: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalWriteError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A blocking task panicked or the runtime is shutting down.
+    #[error("writing task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    /// Used again after such a failure: the file and hash state went with the task.
+    #[error("file and hash state were lost in an earlier failure")]
+    Lost,
+}
+
+type Result<T, E = LocalWriteError> = std::result::Result<T, E>;
+
+/// The file and the hash state, when no batch is in flight.
+struct Idle {
+    hasher: Box<Hasher>,
+    file: File,
+}
+
+struct InFlight {
+    batch: Arc<Vec<u8>>,
+    hashed: JoinHandle<Box<Hasher>>,
+    written: JoinHandle<std::io::Result<File>>,
+}
+
+enum Current {
+    Idle(Idle),
+    Busy(InFlight),
+    Lost,
+}
+
+pub(super) struct LocalPartWriter {
+    dest: PathBuf,
+    /// `None` once renamed into place; otherwise removed on drop.
+    staging: Option<PathBuf>,
+    current: Current,
+    filling: Vec<u8>,
+    spare: Option<Vec<u8>>,
+}
+
+impl LocalPartWriter {
+    /// Starts a new file at `dest` (created with its folders) that will be hashed with
+    /// `hasher` carried on.
+    pub async fn create(dest: PathBuf, hasher: Hasher) -> Result<Self> {
+        let target = dest.clone();
+        let (file, staging) = tokio::task::spawn_blocking(move || new_staged(&target)).await??;
+        Ok(LocalPartWriter {
+            dest,
+            staging: Some(staging),
+            current: Current::Idle(Idle {
+                hasher: Box::new(hasher),
+                file,
+            }),
+            filling: Vec::with_capacity(BATCH_BYTES),
+            spare: None,
+        })
+    }
+
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let room = BATCH_BYTES - self.filling.len();
+            let (now, later) = data.split_at(room.min(data.len()));
+            self.filling.extend_from_slice(now);
+            data = later;
+            if self.filling.len() == BATCH_BYTES {
+                self.hand_off().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs the file and renames it into place; returns the hasher after every byte.
+    pub async fn finish(mut self) -> Result<Hasher> {
+        if !self.filling.is_empty() {
+            self.hand_off().await?;
+        }
+        let Idle { hasher, file } = self.settle().await?;
+        let staging = self.staging.clone().ok_or(LocalWriteError::Lost)?;
+        let dest = self.dest.clone();
+        tokio::task::spawn_blocking(move || publish(file, &staging, &dest)).await??;
+        self.staging = None;
+        Ok(*hasher)
+    }
+
+    async fn hand_off(&mut self) -> Result<()> {
+        let Idle {
+            mut hasher,
+            mut file,
+        } = self.settle().await?;
+        let next = self
+            .spare
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES));
+        let batch = Arc::new(mem::replace(&mut self.filling, next));
+        let to_hash = batch.clone();
+        let to_write = batch.clone();
+        self.current = Current::Busy(InFlight {
+            batch,
+            hashed: tokio::task::spawn_blocking(move || {
+                hasher.update(&to_hash);
+                hasher
+            }),
+            written: tokio::task::spawn_blocking(move || file.write_all(&to_write).map(|()| file)),
+        });
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if any, and takes back the file, the hasher and
+    /// the batch's buffer.
+    async fn settle(&mut self) -> Result<Idle> {
+        match mem::replace(&mut self.current, Current::Lost) {
+            Current::Idle(idle) => Ok(idle),
+            Current::Lost => Err(LocalWriteError::Lost),
+            Current::Busy(InFlight {
+                batch,
+                hashed,
+                written,
+            }) => {
+                let (hashed, written) = tokio::join!(hashed, written);
+                let idle = Idle {
+                    hasher: hashed?,
+                    file: written??,
+                };
+                // Both tasks have dropped their references, so this is the last one.
+                if let Ok(mut buffer) = Arc::try_unwrap(batch) {
+                    buffer.clear();
+                    self.spare = Some(buffer);
+                }
+                Ok(idle)
+            }
+        }
+    }
+}
+
+impl Drop for LocalPartWriter {
+    fn drop(&mut self) {
+        // Failed or abandoned (the client went away): nothing may stay behind. A write
+        // still running on the unlinked file only fills an inode that its close frees.
+        if let Some(staging) = self.staging.take() {
+            let _ = std::fs::remove_file(staging);
+        }
+    }
+}
+
+/// Creates `<dest>#<n>` with the first free `n`, and `dest`'s folders if missing.
+fn new_staged(dest: &Path) -> std::io::Result<(File, PathBuf)> {
+    for n in 1u32.. {
+        let mut name = dest.as_os_str().to_owned();
+        name.push(format!("#{n}"));
+        let staging = PathBuf::from(name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&staging)
+        {
+            Ok(file) => return Ok((file, staging)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let parent = dest.parent().ok_or(e)?;
+                std::fs::create_dir_all(parent)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("some staging name is free")
+}
+
+/// Makes the staged file durable and visible as `dest`, as object_store does with fsync
+/// enabled: contents first, then the rename, then the folder entry.
+fn publish(file: File, staging: &Path, dest: &Path) -> std::io::Result<()> {
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(staging, dest)?;
+    if let Some(parent) = dest.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::{Algorithm, Digest};
+
+    #[tokio::test]
+    async fn writes_and_hashes_in_batches_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3_500_000u32).map(|i| (i % 251) as u8).collect();
+        let dest = dir.path().join("a/b/part");
+        let mut writer = LocalPartWriter::create(dest.clone(), Hasher::new(Algorithm::Sha256))
+            .await
+            .unwrap();
+        for piece in data.chunks(300_007) {
+            writer.write(piece).await.unwrap();
+        }
+        let digest = writer.finish().await.unwrap().finish();
+        assert_eq!(digest, Digest::of(Algorithm::Sha256, &data));
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        let names: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["part"], "no staging file is left");
+
+        // Abandoned half-way: neither the part nor its staging file remain.
+        let other = dir.path().join("a/b/other");
+        let mut writer = LocalPartWriter::create(other.clone(), Hasher::new(Algorithm::Sha256))
+            .await
+            .unwrap();
+        writer.write(&data).await.unwrap();
+        drop(writer);
+        let names: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["part"]);
+    }
+}

@@ -98,10 +98,17 @@ async fn load(url: String, authorization: Option<String>, duration: Duration) ->
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("berth auth bench: env BERTH_BIN (release berth), BENCH_SECS (default 10)");
+        println!(
+            "berth auth bench (run by scripts/bench-auth.sh): env BENCH_BERTH_BINARY (release berth), BENCH_SECS (default 10)"
+        );
         return;
     }
-    let bin = std::env::var("BERTH_BIN").unwrap_or_else(|_| "target/release/berth".into());
+    // `cargo test --all-targets` runs benches once without `--bench`: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("auth bench: not run (use scripts/bench-auth.sh)");
+        return;
+    }
+    let bin = std::env::var("BENCH_BERTH_BINARY").unwrap_or_else(|_| "target/release/berth".into());
     let secs: u64 = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin berth
-BERTH_BIN="${CARGO_TARGET_DIR:-target}/release/berth" cargo bench --bench auth -- "$@"
+BENCH_BERTH_BINARY="${CARGO_TARGET_DIR:-target}/release/berth" cargo bench --bench auth -- "$@"

@@ -44,6 +44,8 @@ trigger benchmark: push to patch and push to rollout (normally run by scripts/be
   --namespace NS     Kubernetes namespace for the Deployment and the Trigger [default]
   --tags N           tags pushed, one after another [50]
   --replicas N       replicas of the Deployment [1]
+  --user NAME        push as this berth user (Basic auth)           (env BENCH_USER)
+  --password SECRET  its password                                   (env BENCH_PASSWORD)
 ";
 
 struct Settings {
@@ -52,6 +54,17 @@ struct Settings {
     namespace: String,
     tags: usize,
     replicas: i32,
+    /// Basic-auth credentials for the pushes, when berth wants them.
+    credentials: Option<(String, String)>,
+}
+
+impl Settings {
+    fn sign_in(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.credentials {
+            Some((user, password)) => request.basic_auth(user, Some(password)),
+            None => request,
+        }
+    }
 }
 
 fn parse_settings() -> anyhow::Result<Option<Settings>> {
@@ -103,6 +116,7 @@ fn parse_settings() -> anyhow::Result<Option<Settings>> {
             .unwrap_or_else(|| "default".into()),
         tags: number("--tags", 50)?,
         replicas: number("--replicas", 1)? as i32,
+        credentials: get("--user", "BENCH_USER").zip(get("--password", "BENCH_PASSWORD")),
     }))
 }
 
@@ -301,8 +315,8 @@ async fn measure(
     let layer = b"the one layer of every benchmark image".to_vec();
     for blob in [config.to_vec(), layer.clone()] {
         let digest = sha256(&blob);
-        let r = http
-            .post(format!("{url}/v2/{repo}/blobs/uploads/?digest={digest}"))
+        let r = s
+            .sign_in(http.post(format!("{url}/v2/{repo}/blobs/uploads/?digest={digest}")))
             .body(blob.clone())
             .send()
             .await?;
@@ -331,8 +345,8 @@ async fn measure(
         let digest = sha256(manifest.as_bytes());
         let image = format!("{host}/{repo}:{tag}@{digest}");
         let sent = Instant::now();
-        let r = http
-            .put(format!("{url}/v2/{repo}/manifests/{tag}"))
+        let r = s
+            .sign_in(http.put(format!("{url}/v2/{repo}/manifests/{tag}")))
             .header("content-type", "application/vnd.oci.image.manifest.v1+json")
             .body(manifest)
             .send()

@@ -48,6 +48,23 @@ export KUBECONFIG
 kubectl apply --server-side -f crds/ >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 
+# A berth user for the pushes (a Secret in the operator's namespace, where a
+# berth that signs users in looks for them).
+BENCH_USER=bench-admin
+BENCH_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+export BENCH_USER BENCH_PASSWORD
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Secret
+metadata:
+  name: $BENCH_USER
+  namespace: default
+  labels: {berth.dev/user: "true"}
+stringData:
+  password: $BENCH_PASSWORD
+  admin: "true"
+EOF
+
 # The operator as in a Pod of the default namespace (its Lease goes there).
 RUST_LOG="${RUST_LOG:-warn}" POD_NAMESPACE=default POD_NAME=berth-bench \
   "${CARGO_TARGET_DIR:-target}/release/berth" operator --listen 127.0.0.1:0 --data-dir "$DATA" \
@@ -60,6 +77,11 @@ for _ in $(seq 1 100); do
 done
 BERTH_URL=$(sed -n 's|.*listening on \(http://[^ ]*\).*|\1|p' "$WORK/berth.out" | head -1)
 [ -n "$BERTH_URL" ] || die "berth did not print its address"
+# Ready: its configuration (and users) loaded.
+for _ in $(seq 1 300); do
+  curl -fsS -o /dev/null "$BERTH_URL/readyz" 2>/dev/null && break
+  sleep 0.1
+done
 
 log "berth $BERTH_URL (pid $BERTH_PID)"
 echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ); uptime:$(uptime)"

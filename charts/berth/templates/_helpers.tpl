@@ -100,6 +100,28 @@ The --storage argument for S3: s3://bucket or s3://bucket/prefix.
 {{- end }}
 
 {{/*
+The --registry-host argument: the host names under which workloads' images name
+this registry (Triggers update containers whose image names one of them).
+registryHosts, or else the ingress hosts and the Service's DNS names.
+*/}}
+{{- define "berth.registryHosts" -}}
+{{- $hosts := list }}
+{{- if .Values.registryHosts }}
+{{- $hosts = .Values.registryHosts }}
+{{- else }}
+{{- if .Values.ingress.enabled }}
+{{- range .Values.ingress.hosts }}
+{{- $hosts = append $hosts .host }}
+{{- end }}
+{{- end }}
+{{- $service := printf "%s.%s.svc" (include "berth.fullname" .) .Release.Namespace }}
+{{- $hosts = append $hosts (printf "%s:%v" $service .Values.service.port) }}
+{{- $hosts = append $hosts (printf "%s.cluster.local:%v" $service .Values.service.port) }}
+{{- end }}
+{{- join "," $hosts }}
+{{- end }}
+
+{{/*
 The Pod template shared by the StatefulSet (filesystem) and the Deployment (s3).
 */}}
 {{- define "berth.podTemplate" -}}
@@ -141,6 +163,8 @@ spec:
         {{- end }}
         - --log-format
         - {{ .Values.logFormat | quote }}
+        - --registry-host
+        - {{ include "berth.registryHosts" . | quote }}
         {{- range .Values.extraArgs }}
         - {{ . | quote }}
         {{- end }}
@@ -155,10 +179,6 @@ spec:
               fieldPath: metadata.name
         - name: BERTH_SIGNING_KEY_SECRET
           value: {{ include "berth.fullname" . }}-signing-key
-        {{- with (.Values.registryHost | default (and .Values.ingress.enabled (index .Values.ingress.hosts 0).host)) }}
-        - name: BERTH_REGISTRY_HOSTS
-          value: {{ . | quote }}
-        {{- end }}
         {{- if eq .Values.storage.type "s3" }}
         {{- with .Values.storage.s3 }}
         - name: AWS_REGION

@@ -119,8 +119,14 @@ struct RegistryArgs {
     /// Where to keep registry content: a directory path, or s3://bucket[/prefix] configured
     /// by the usual AWS_* variables (AWS_ENDPOINT and AWS_ALLOW_HTTP=true for MinIO).
     /// Overrides --data-dir.
-    #[arg(long, env = "BERTH_STORAGE")]
+    #[arg(long, env = "BERTH_STORAGE", conflicts_with = "storage_config")]
     storage: Option<String>,
+
+    /// A storage configuration file (YAML): `s3: {bucket, prefix, region, endpoint,
+    /// allowHttp, accessKeyId, secretAccessKeyFile, ...}` or `filesystem: {path}`.
+    /// Settings it leaves out come from AWS_* variables. Overrides --data-dir.
+    #[arg(long, env = "BERTH_STORAGE_CONFIG")]
+    storage_config: Option<PathBuf>,
 
     /// The `service` named in auth challenges and tokens.
     #[arg(long, default_value = "berth", env = "BERTH_TOKEN_SERVICE")]
@@ -171,7 +177,7 @@ struct ServeArgs {
     config_dir: Option<PathBuf>,
 
     /// The key that signs tokens and login credentials (created if missing). Default:
-    /// `<data-dir>/auth/signing-key`; with S3 storage and no key file, a key that lasts
+    /// `auth/signing-key` in the storage directory; with S3 storage and no key file, a key that lasts
     /// until restart.
     #[arg(long, env = "BERTH_SIGNING_KEY_FILE")]
     signing_key_file: Option<PathBuf>,
@@ -273,9 +279,10 @@ async fn serve_registry(
 }
 
 fn location(args: &RegistryArgs) -> anyhow::Result<StorageLocation> {
-    Ok(match &args.storage {
-        Some(s) => StorageLocation::parse(s)?,
-        None => StorageLocation::Local(args.data_dir.clone()),
+    Ok(match (&args.storage, &args.storage_config) {
+        (Some(s), _) => StorageLocation::parse(s)?,
+        (None, Some(file)) => berth::storage::config::load(file)?,
+        (None, None) => StorageLocation::Local(args.data_dir.clone()),
     })
 }
 
@@ -285,10 +292,10 @@ fn open_store(args: &RegistryArgs) -> anyhow::Result<Store> {
 }
 
 fn standalone_signing_key(args: &ServeArgs) -> anyhow::Result<SigningKey> {
-    let path = match (&args.signing_key_file, &args.registry.storage) {
+    let path = match (&args.signing_key_file, location(&args.registry)?) {
         (Some(path), _) => path.clone(),
-        (None, None) => args.registry.data_dir.join("auth/signing-key"),
-        (None, Some(_)) => {
+        (None, StorageLocation::Local(dir)) => dir.join("auth/signing-key"),
+        (None, StorageLocation::S3(_)) => {
             tracing::warn!(
                 "no --signing-key-file: tokens and login credentials will not survive a restart"
             );

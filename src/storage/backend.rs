@@ -13,9 +13,73 @@ use object_store::prefix::PrefixStore;
 pub enum StorageLocation {
     /// A directory on the local filesystem.
     Local(PathBuf),
-    /// An S3 bucket (and optional key prefix), configured by the usual `AWS_*` variables
-    /// (`AWS_ENDPOINT` and `AWS_ALLOW_HTTP=true` for MinIO and other S3-compatible stores).
-    S3 { bucket: String, prefix: String },
+    /// An S3 bucket (and optional key prefix).
+    S3(Box<S3Settings>),
+}
+
+/// An S3 bucket and how to reach it. Settings left `None` come from the usual `AWS_*`
+/// variables (`AWS_ENDPOINT` and `AWS_ALLOW_HTTP=true` for MinIO and other
+/// S3-compatible stores); `--storage s3://…` sets only the bucket and prefix.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/`; empty for the whole bucket.
+    pub prefix: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub allow_http: Option<bool>,
+    pub virtual_hosted_style: Option<bool>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    // Never print the secret key or session token (logs, panics).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "…"),
+            )
+            .field("session_token", &self.session_token.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+impl S3Settings {
+    fn builder(&self) -> AmazonS3Builder {
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(&self.bucket);
+        if let Some(v) = &self.region {
+            b = b.with_region(v);
+        }
+        if let Some(v) = &self.endpoint {
+            b = b.with_endpoint(v);
+        }
+        if let Some(v) = self.allow_http {
+            b = b.with_allow_http(v);
+        }
+        if let Some(v) = self.virtual_hosted_style {
+            b = b.with_virtual_hosted_style_request(v);
+        }
+        if let Some(v) = &self.access_key_id {
+            b = b.with_access_key_id(v);
+        }
+        if let Some(v) = &self.secret_access_key {
+            b = b.with_secret_access_key(v);
+        }
+        if let Some(v) = &self.session_token {
+            b = b.with_token(v);
+        }
+        b
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +107,11 @@ impl StorageLocation {
             if bucket.is_empty() {
                 return Err(BackendError::BadLocation(s.to_string()));
             }
-            return Ok(StorageLocation::S3 {
+            return Ok(StorageLocation::S3(Box::new(S3Settings {
                 bucket: bucket.to_string(),
                 prefix: prefix.trim_matches('/').to_string(),
-            });
+                ..S3Settings::default()
+            })));
         }
         let path = s.strip_prefix("file://").unwrap_or(s);
         if path.is_empty() || path.contains("://") {
@@ -58,18 +123,18 @@ impl StorageLocation {
     pub fn open(&self) -> Result<Arc<dyn ObjectStore>, BackendError> {
         match self {
             StorageLocation::Local(path) => Ok(Arc::new(local_filesystem(path)?)),
-            StorageLocation::S3 { bucket, prefix } => {
-                let s3 = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
+            StorageLocation::S3(settings) => {
+                let s3 = settings
+                    .builder()
                     .build()
                     .map_err(|source| BackendError::Open {
-                        location: format!("s3://{bucket}"),
+                        location: self.to_string(),
                         source,
                     })?;
-                if prefix.is_empty() {
+                if settings.prefix.is_empty() {
                     Ok(Arc::new(s3))
                 } else {
-                    Ok(Arc::new(PrefixStore::new(s3, prefix.as_str())))
+                    Ok(Arc::new(PrefixStore::new(s3, settings.prefix.as_str())))
                 }
             }
         }
@@ -96,7 +161,13 @@ impl std::fmt::Display for StorageLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StorageLocation::Local(p) => write!(f, "{}", p.display()),
-            StorageLocation::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            StorageLocation::S3(s3) => {
+                write!(f, "s3://{}/{}", s3.bucket, s3.prefix)?;
+                match &s3.endpoint {
+                    Some(endpoint) => write!(f, " at {endpoint}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -113,10 +184,11 @@ mod tests {
         );
         assert_eq!(
             StorageLocation::parse("s3://bucket/some/prefix/").unwrap(),
-            StorageLocation::S3 {
+            StorageLocation::S3(Box::new(S3Settings {
                 bucket: "bucket".into(),
-                prefix: "some/prefix".into()
-            }
+                prefix: "some/prefix".into(),
+                ..S3Settings::default()
+            }))
         );
         assert!(StorageLocation::parse("s3:///x").is_err());
         assert!(StorageLocation::parse("gs://x").is_err());

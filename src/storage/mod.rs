@@ -10,6 +10,7 @@
 mod backend;
 mod blobs;
 mod cache;
+pub mod config;
 mod error;
 mod hasher;
 pub mod layout;
@@ -35,8 +36,9 @@ use object_store::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use backend::{BackendError, StorageLocation};
+pub use backend::{BackendError, S3Settings, StorageLocation};
 pub use blobs::BlobStat;
+pub use config::ConfigError;
 pub use error::{Result, StorageError};
 pub use hasher::Hasher;
 pub use manifests::{ManifestLink, StoredManifest, TagLink};
@@ -77,7 +79,7 @@ impl Store {
                 store.local = Some(LocalDir::new(fs));
                 Ok(store)
             }
-            StorageLocation::S3 { .. } => Ok(Store::new(location.open()?)),
+            StorageLocation::S3(_) => Ok(Store::new(location.open()?)),
         }
     }
 

@@ -2,10 +2,8 @@
 
 use std::sync::Arc;
 
-use berth::storage::{StorageLocation, Store};
+use berth::storage::{S3Settings, StorageLocation, Store};
 use object_store::ObjectStore;
-use object_store::aws::AmazonS3Builder;
-use object_store::prefix::PrefixStore;
 
 use crate::minio_server::{self, ACCESS_KEY, MinioServer, REGION, SECRET_KEY};
 
@@ -35,21 +33,23 @@ pub fn minio(test: &str) -> Option<TestStore> {
     })
 }
 
-/// The bucket's objects under `prefix`, as berth sees them for `s3://bucket/prefix`.
+/// The bucket's objects under `prefix`, opened as berth opens `s3://bucket/prefix`
+/// with every setting spelled out (as a `--storage-config` file does).
 ///
 /// Each test builds its own client: a pooled HTTP connection belongs to the runtime that
-/// opened it, and every `#[tokio::test]` has its own runtime. The settings are those
-/// `StorageLocation::open` reads from `AWS_*` (exercised by the end-to-end test);
-/// setting process environment from parallel tests would race.
+/// opened it, and every `#[tokio::test]` has its own runtime. Setting process
+/// environment (`AWS_*`) from parallel tests would race; the end-to-end test covers it.
 pub fn s3_objects(server: &MinioServer, prefix: &str) -> Arc<dyn ObjectStore> {
-    let s3 = AmazonS3Builder::new()
-        .with_endpoint(&server.endpoint)
-        .with_allow_http(true)
-        .with_region(REGION)
-        .with_access_key_id(ACCESS_KEY)
-        .with_secret_access_key(SECRET_KEY)
-        .with_bucket_name(&server.bucket)
-        .build()
-        .expect("S3 client for MinIO");
-    Arc::new(PrefixStore::new(s3, prefix))
+    StorageLocation::S3(Box::new(S3Settings {
+        bucket: server.bucket.clone(),
+        prefix: prefix.to_string(),
+        region: Some(REGION.into()),
+        endpoint: Some(server.endpoint.clone()),
+        allow_http: Some(true),
+        access_key_id: Some(ACCESS_KEY.into()),
+        secret_access_key: Some(SECRET_KEY.into()),
+        ..S3Settings::default()
+    }))
+    .open()
+    .expect("S3 client for MinIO")
 }

@@ -197,3 +197,89 @@ async fn berth_serves_and_stores_content_in_minio() {
         layer.len() as u64
     );
 }
+
+/// `--storage-config FILE` names the bucket, endpoint and credentials itself (the secret
+/// key in a file beside it, as a mounted Kubernetes Secret would be): no `AWS_*` needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_configuration_file_replaces_the_aws_variables() {
+    let Some(server) = minio_server::shared() else {
+        return;
+    };
+    let prefix = format!("config-file-{}", uuid::Uuid::new_v4().simple());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s3-secret"),
+        format!("{}\n", minio_server::SECRET_KEY),
+    )
+    .unwrap();
+    let config = dir.path().join("storage.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "s3:\n  bucket: {}\n  prefix: {prefix}\n  region: {}\n  endpoint: {}\n  allowHttp: true\n  accessKeyId: {}\n  secretAccessKeyFile: s3-secret\n",
+            server.bucket,
+            minio_server::REGION,
+            server.endpoint,
+            minio_server::ACCESS_KEY
+        ),
+    )
+    .unwrap();
+    let berth = Berth::start_with(&["--storage-config", config.to_str().unwrap()], &[]);
+
+    let blob = b"stored where the configuration file says".to_vec();
+    let digest = sha256(&blob);
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/v2/configured/app/blobs/uploads/?digest={digest}",
+            berth.url()
+        ))
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "{:?}",
+        resp.text().await
+    );
+
+    let key = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    let stored = s3_objects(server, &prefix)
+        .get_opts(&key.as_str().into(), Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{key} is not under {prefix} in MinIO: {e}"))
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(stored, blob);
+}
+
+/// A mistake in the storage configuration stops berth at start, naming the file and
+/// the setting, before it listens.
+#[test]
+fn a_bad_storage_configuration_stops_berth_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("storage.yaml");
+    std::fs::write(
+        &config,
+        "s3:\n  bucket: registry\n  endpont: http://127.0.0.1:9\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--storage-config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "berth started: {stderr}");
+    assert!(
+        stderr.contains("storage.yaml") && stderr.contains("endpont"),
+        "the error names the file and the unknown setting: {stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing listened: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

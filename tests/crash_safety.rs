@@ -230,9 +230,13 @@ async fn killing_berth_mid_write_loses_nothing_committed() {
                 );
             }
         } else {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
             assert!(
                 pushed_moving.is_empty() && round == 0,
-                "moving tag vanished after being pushed"
+                "moving tag vanished after being pushed in round {round} \
+                 ({} acknowledged this round): {status} {body}",
+                pushed_moving.len()
             );
         }
         // Interrupted uploads never show up as blobs.

@@ -139,26 +139,34 @@ impl Verifier {
         self.check_password(user, presented)
     }
 
-    fn check_password(&self, user: &User, presented: &str) -> Result<(), CredentialError> {
+    /// Whether `presented` is `user`'s password as verified in the last few minutes: a
+    /// hash and a map lookup, cheap enough for the request task (no argon2).
+    pub fn remembers(&self, user: &User, presented: &str) -> bool {
+        let fingerprint = Self::fingerprint(user, presented);
+        let remembered = self.remembered.lock().expect("credential cache poisoned");
+        remembered
+            .get(&fingerprint)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+
+    fn fingerprint(user: &User, presented: &str) -> [u8; 32] {
         // The hash is part of the key: a changed password forgets what was remembered.
-        let fingerprint: [u8; 32] = Sha256::new()
+        Sha256::new()
             .chain_update(user.name.as_bytes())
             .chain_update([0])
             .chain_update(user.password_hash.as_bytes())
             .chain_update([0])
             .chain_update(presented.as_bytes())
             .finalize()
-            .into();
-        let now = Instant::now();
-        {
-            let remembered = self.remembered.lock().expect("credential cache poisoned");
-            if remembered
-                .get(&fingerprint)
-                .is_some_and(|until| now < *until)
-            {
-                return Ok(());
-            }
+            .into()
+    }
+
+    fn check_password(&self, user: &User, presented: &str) -> Result<(), CredentialError> {
+        if self.remembers(user, presented) {
+            return Ok(());
         }
+        let fingerprint = Self::fingerprint(user, presented);
+        let now = Instant::now();
         if !verify_password(presented, &user.password_hash) {
             return Err(CredentialError::Wrong(user.name.clone()));
         }

@@ -191,8 +191,9 @@ impl Auth {
             .get(user)
             .ok_or_else(|| AuthError::UnknownUser(user.to_string()))?;
         let verifier = &self.0.verifier;
-        // argon2 is deliberately slow: keep it off the async workers.
-        let checked = if password.starts_with("berth-") {
+        // argon2 is deliberately slow: keep it off the async workers, unless the
+        // password was verified moments ago (every request of a Basic-auth client).
+        let checked = if password.starts_with("berth-") || verifier.remembers(found, password) {
             verifier.check(found, password, Timestamp::now())
         } else {
             let auth = self.clone();

@@ -141,6 +141,11 @@ struct RegistryArgs {
     #[arg(long, default_value_t = 6, env = "BERTH_TEMPORARY_CREDENTIAL_HOURS")]
     temporary_credential_hours: u64,
 
+    /// Delete upload sessions left untouched this long (a client that started a push and
+    /// went away). Checked at start and every hour; 0s turns it off.
+    #[arg(long, default_value = "168h", value_parser = parse_duration, env = "BERTH_UPLOAD_EXPIRY")]
+    upload_expiry: std::time::Duration,
+
     /// A host name (`host[:port]`) under which workloads name this registry in their images,
     /// e.g. `registry.example.com` or `berth.berth-system.svc:5000` (repeatable, or
     /// comma-separated). A Trigger without a container name updates the containers whose
@@ -261,6 +266,13 @@ async fn serve_registry(
     events: PushEvents,
     auth: Auth,
 ) -> anyhow::Result<()> {
+    if !args.upload_expiry.is_zero() {
+        tokio::spawn(berth::storage::expire_uploads_periodically(
+            store.clone(),
+            args.upload_expiry,
+            metrics.uploads_expired.clone(),
+        ));
+    }
     let state = RegistryState {
         store,
         metrics,

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub registry: Registry,
     pub http: HttpMetrics,
     pub tokens: Family<TokenLabels, Counter>,
+    /// Upload sessions deleted after lying idle past `--upload-expiry`.
+    pub uploads_expired: Counter,
 }
 
 impl Metrics {
@@ -97,10 +99,17 @@ impl Metrics {
             "Token endpoint requests by grant (refused: credentials not accepted)",
             tokens.clone(),
         );
+        let uploads_expired = Counter::default();
+        registry.register(
+            "uploads_expired",
+            "Upload sessions deleted after lying idle longer than --upload-expiry",
+            uploads_expired.clone(),
+        );
         Metrics {
             registry,
             http,
             tokens,
+            uploads_expired,
         }
     }
 

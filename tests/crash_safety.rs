@@ -268,3 +268,93 @@ async fn killing_berth_mid_write_loses_nothing_committed() {
         committed.push((tag, digest));
     }
 }
+
+/// An upload a client started and never finished (here: berth killed under it, a week
+/// ago) is deleted when berth starts, and counted; a recent one is left to resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_uploads_are_deleted_after_the_expiry() {
+    let mut berth = Berth::start();
+    let client = Client::new();
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let r = client
+            .post(format!("{}/v2/app/blobs/uploads/", berth.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let location = r.headers()["location"].to_str().unwrap().to_string();
+        let r = client
+            .patch(format!("{}{location}", berth.url()))
+            .header("content-range", "0-4")
+            .body("12345")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        sessions.push(location);
+    }
+    berth.kill();
+    // The first session was last written eight days ago, and a write into it was cut
+    // off by the kill (a staging file object_store does not list).
+    let id = sessions[0].rsplit('/').next().unwrap();
+    let dir = berth.data_dir.join("uploads").join(id);
+    std::fs::write(dir.join("parts/00000000000000000005#1"), "678").unwrap();
+    for file in files_under(&dir) {
+        let status = std::process::Command::new("touch")
+            .args(["-m", "-d", "8 days ago"])
+            .arg(dir.join(file))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    berth.restart();
+    let url = berth.url();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = client
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("berth_uploads_expired_total 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the week-old upload was not expired: {}",
+            metrics
+                .lines()
+                .filter(|l| l.contains("uploads_expired"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = client
+        .get(format!("{url}{}", sessions[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("BLOB_UPLOAD_UNKNOWN"), "{body}");
+    assert!(
+        !dir.exists(),
+        "its parts and staging files went with it: {:?}",
+        files_under(&dir)
+    );
+
+    // The recent one resumes where it stopped.
+    let r = client
+        .get(format!("{url}{}", sessions[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(r.headers()["range"], "0-4");
+}

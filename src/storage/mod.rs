@@ -22,6 +22,8 @@ mod pipeline;
 mod read;
 mod repositories;
 mod tag_times;
+mod upload_expiry;
+pub use upload_expiry::expire_uploads_periodically;
 mod uploads;
 
 use std::sync::Arc;

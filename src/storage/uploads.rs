@@ -51,7 +51,7 @@ pub struct UploadState {
 pub struct UploadLocks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
 
 impl UploadLocks {
-    async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(super) async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = self
             .0
             .lock()
@@ -60,6 +60,15 @@ impl UploadLocks {
             .or_default()
             .clone();
         lock.lock_owned().await
+    }
+
+    /// Whether a request of this process holds the session now.
+    pub(super) fn is_busy(&self, id: &str) -> bool {
+        self.0
+            .lock()
+            .expect("upload lock map poisoned")
+            .get(id)
+            .is_some_and(|lock| lock.try_lock().is_err())
     }
 
     fn forget(&self, id: &str) {
@@ -334,7 +343,7 @@ impl Store {
 
     /// Deletes every object of an upload session. The state goes first, so a crash
     /// half-way leaves only orphan parts, which no request can reach.
-    async fn discard_upload(&self, id: &str) -> Result<()> {
+    pub(super) async fn discard_upload(&self, id: &str) -> Result<()> {
         self.delete(&Key::UploadState(id).path()).await?;
         let prefix = Key::UploadParts(id).path();
         let parts: Vec<_> = self

@@ -54,6 +54,7 @@ storage_suite! {
     wrong_digest_is_rejected_and_leaves_nothing,
     upload_finished_with_another_algorithm,
     cancel_removes_the_session,
+    abandoned_uploads_expire_and_fresh_ones_stay,
     mount_from_another_repository,
     delete_blob_removes_only_that_link,
     manifest_with_missing_blobs_is_rejected_and_stores_nothing,

@@ -657,6 +657,38 @@ pub async fn cancel_removes_the_session(store: Store) {
     );
 }
 
+pub async fn abandoned_uploads_expire_and_fresh_ones_stay(store: Store) {
+    let r = repo("expiry");
+    let content = data(100_000, 11);
+    let abandoned = store.start_upload(&r, Algorithm::Sha256).await.unwrap();
+    store
+        .append_upload(&r, &abandoned.id, Some(0), body(&content))
+        .await
+        .unwrap();
+    let other = store.start_upload(&r, Algorithm::Sha256).await.unwrap();
+
+    // Both were written just now: a week's expiry keeps them.
+    let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    assert_eq!(store.expire_uploads(week).await.unwrap(), 0);
+    store.upload_status(&r, &abandoned.id).await.unwrap();
+
+    // With no grace at all, every idle session goes, its parts with it.
+    assert_eq!(
+        store
+            .expire_uploads(std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        2
+    );
+    for id in [&abandoned.id, &other.id] {
+        assert!(matches!(
+            store.upload_status(&r, id).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+    }
+    assert_eq!(keys(&store, "uploads").await, Vec::<String>::new());
+}
+
 pub async fn mount_from_another_repository(store: Store) {
     let (a, b, c, d) = (
         repo("mount/a"),

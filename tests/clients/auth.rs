@@ -1,6 +1,6 @@
 //! The same access rules through the real clients: each signs in the way its users do
-//! (skopeo and podman with --creds or login, ctr -u, crane auth login), and a denied
-//! push shows the registry's own message.
+//! (skopeo and podman with --creds or login, ctr -u, crane auth login, regctl with a
+//! docker identity token), and a denied push shows the registry's own message.
 
 use std::process::Command;
 
@@ -270,5 +270,92 @@ fn crane_auth_login_then_push_list_and_catalog() {
     assert!(
         grants.iter().any(|l| l.contains("grant=\"basic\"")),
         "crane fetches tokens with GET and Basic auth: {grants:?}"
+    );
+}
+
+/// How many tokens berth issued for `grant` (`berth_auth_tokens_total`).
+fn tokens_issued(berth: &Berth, grant: &str) -> u64 {
+    let metrics = crate::http::get(&format!("{}/metrics", berth.url()), None);
+    String::from_utf8_lossy(&metrics.body)
+        .lines()
+        .find(|l| l.starts_with(&format!("berth_auth_tokens_total{{grant=\"{grant}\"}}")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `docker login` stores an identity token (a refresh token) instead of the password
+/// when the registry offers one; clients then trade it for access tokens with the
+/// OAuth2 `refresh_token` grant. regctl reads such a docker config and does exactly that.
+#[test]
+fn regctl_signs_in_with_a_docker_identity_token() {
+    let Some([umoci, regctl]) = tools(["umoci", "regctl"]) else {
+        return;
+    };
+    let (berth, _config) = managed_berth();
+    let scratch = tempfile::tempdir().unwrap();
+    let img = TestImage::build(&umoci, scratch.path());
+    let regctl = Isolated::new(&regctl);
+    regctl.run(&["registry", "set", &berth.addr, "--tls", "disabled"]);
+    let reference = format!("{}/team/regctl:v1", berth.addr);
+    let source = format!("ocidir://{}:{}", img.layout.dir.display(), TestImage::TAG);
+
+    // The refresh token, as docker gets it at login (GET with offline_token=true).
+    let identity_token = |user: &str, password: &str| -> String {
+        let basic = format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{user}:{password}")
+            )
+        );
+        let r = crate::http::get_with(
+            &format!(
+                "{}/auth/token?service=berth&offline_token=true&client_id=docker",
+                berth.url()
+            ),
+            Some(("Authorization", &basic)),
+        );
+        assert_eq!(r.status, 200);
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        body["refresh_token"]
+            .as_str()
+            .expect("a refresh token for a signed-in user")
+            .to_string()
+    };
+    let use_identity_token = |token: &str| {
+        std::fs::write(
+            regctl.docker_config_dir().join("config.json"),
+            serde_json::json!({"auths": {berth.addr.as_str(): {"identitytoken": token}}})
+                .to_string(),
+        )
+        .unwrap();
+    };
+
+    // A reader's token pulls but does not push, and regctl shows berth's reason.
+    use_identity_token(&identity_token("reader", "reader-pw"));
+    let denied = failing(regctl.cmd().args(["image", "copy", &source, &reference]));
+    assert!(
+        denied.contains("reader") && denied.contains("write"),
+        "the refusal names the caller and the missing permission: {denied}"
+    );
+
+    // A writer's token pushes; no password is on disk.
+    use_identity_token(&identity_token("writer", "writer-pw"));
+    let before = tokens_issued(&berth, "refresh_token");
+    regctl.run(&["image", "copy", &source, &reference]);
+    assert_eq!(
+        regctl.run(&["image", "digest", &reference]).trim(),
+        img.manifest_digest
+    );
+    assert_eq!(
+        regctl
+            .run(&["tag", "ls", &format!("{}/team/regctl", berth.addr)])
+            .trim(),
+        "v1"
+    );
+    assert!(
+        tokens_issued(&berth, "refresh_token") > before,
+        "regctl traded the identity token for access tokens (grant_type=refresh_token)"
     );
 }

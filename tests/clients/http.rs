@@ -35,6 +35,11 @@ impl Reply {
 
 /// `GET url` (blocking: a one-off runtime, as the tests themselves are synchronous).
 pub fn get(url: &str, accept: Option<&str>) -> Reply {
+    get_with(url, accept.map(|a| ("Accept", a)))
+}
+
+/// `GET url` with one extra header (e.g. `Authorization`).
+pub fn get_with(url: &str, header: Option<(&str, &str)>) -> Reply {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -45,8 +50,8 @@ pub fn get(url: &str, accept: Option<&str>) -> Reply {
                 .build()
                 .expect("http client");
             let mut req = client.get(url);
-            if let Some(accept) = accept {
-                req = req.header("Accept", accept);
+            if let Some((name, value)) = header {
+                req = req.header(name, value);
             }
             let resp = req
                 .send()

@@ -52,6 +52,13 @@ impl Isolated {
     pub fn run(&self, args: &[&str]) -> String {
         run(self.cmd().args(args))
     }
+
+    /// The client's docker config folder (`$DOCKER_CONFIG`), created if missing.
+    pub fn docker_config_dir(&self) -> PathBuf {
+        let dir = self.dir.path().join("docker");
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }
 
 /// skopeo with a private policy, registries.conf, registries.d, auth file and tmpdir.

@@ -260,12 +260,13 @@ async fn bind(args: &RegistryArgs) -> anyhow::Result<(tokio::net::TcpListener, R
 async fn serve_registry(
     args: &RegistryArgs,
     listener: tokio::net::TcpListener,
-    store: Store,
+    storage: Storage,
     metrics: Arc<Metrics>,
     policy: Policy,
     events: PushEvents,
     auth: Auth,
 ) -> anyhow::Result<()> {
+    let Storage { store, location } = storage;
     if !args.upload_expiry.is_zero() {
         tokio::spawn(berth::storage::expire_uploads_periodically(
             store.clone(),
@@ -282,10 +283,7 @@ async fn serve_registry(
     };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "berth registry listening");
-    println!(
-        "berth listening on http://{addr} (storage: {})",
-        location(args)?
-    );
+    println!("berth listening on http://{addr} (storage: {location})");
     berth::server::serve(listener, berth::server::app(state)).await?;
     Ok(())
 }
@@ -298,13 +296,23 @@ fn location(args: &RegistryArgs) -> anyhow::Result<StorageLocation> {
     })
 }
 
-fn open_store(args: &RegistryArgs) -> anyhow::Result<Store> {
-    let location = location(args)?;
-    Store::open(&location).with_context(|| format!("opening storage {location}"))
+/// The opened store and where it is, read once from the flags (and storage file).
+struct Storage {
+    store: Store,
+    location: StorageLocation,
 }
 
-fn standalone_signing_key(args: &ServeArgs) -> anyhow::Result<SigningKey> {
-    let path = match (&args.signing_key_file, location(&args.registry)?) {
+fn open_store(args: &RegistryArgs) -> anyhow::Result<Storage> {
+    let location = location(args)?;
+    let store = Store::open(&location).with_context(|| format!("opening storage {location}"))?;
+    Ok(Storage { store, location })
+}
+
+fn standalone_signing_key(
+    args: &ServeArgs,
+    location: &StorageLocation,
+) -> anyhow::Result<SigningKey> {
+    let path = match (&args.signing_key_file, location) {
         (Some(path), _) => path.clone(),
         (None, StorageLocation::Local(dir)) => dir.join("auth/signing-key"),
         (None, StorageLocation::S3(_)) => {
@@ -318,7 +326,7 @@ fn standalone_signing_key(args: &ServeArgs) -> anyhow::Result<SigningKey> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.registry)?;
+    let storage = open_store(&args.registry)?;
     let users = match &args.config_dir {
         None => Users::default(),
         Some(_) => Users::pending(),
@@ -351,7 +359,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let auth = Auth::new(
         users,
-        standalone_signing_key(&args)?,
+        standalone_signing_key(&args, &storage.location)?,
         args.registry.auth_settings(),
         None,
     );
@@ -359,7 +367,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.config_dir.as_deref(),
         args.kubeconfig.as_deref(),
         trigger::standalone::Parts {
-            store: store.clone(),
+            store: storage.store.clone(),
             policy: policy.clone(),
             hosts,
             metrics: trigger_metrics,
@@ -370,7 +378,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     serve_registry(
         &args.registry,
         listener,
-        store,
+        storage,
         Arc::new(metrics),
         policy,
         events,
@@ -383,7 +391,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (in-cluster, or KUBECONFIG)")?;
-    let store = open_store(&args.registry)?;
+    let storage = open_store(&args.registry)?;
     let policy = Policy::pending();
     let events = PushEvents::default();
     let mut metrics = Metrics::new_unshared();
@@ -398,7 +406,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(
         controller::Context::new(
             client.clone(),
-            store.clone(),
+            storage.store.clone(),
             policy.clone(),
             controller_metrics,
             args.namespace.clone(),
@@ -441,7 +449,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     serve_registry(
         &args.registry,
         listener,
-        store,
+        storage,
         metrics,
         policy,
         events,

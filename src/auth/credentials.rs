@@ -142,10 +142,13 @@ impl Verifier {
     /// Whether `presented` is `user`'s password as verified in the last few minutes: a
     /// hash and a map lookup, cheap enough for the request task (no argon2).
     pub fn remembers(&self, user: &User, presented: &str) -> bool {
-        let fingerprint = Self::fingerprint(user, presented);
+        self.remembers_fingerprint(&Self::fingerprint(user, presented))
+    }
+
+    fn remembers_fingerprint(&self, fingerprint: &[u8; 32]) -> bool {
         let remembered = self.remembered.lock().expect("credential cache poisoned");
         remembered
-            .get(&fingerprint)
+            .get(fingerprint)
             .is_some_and(|until| Instant::now() < *until)
     }
 
@@ -162,10 +165,10 @@ impl Verifier {
     }
 
     fn check_password(&self, user: &User, presented: &str) -> Result<(), CredentialError> {
-        if self.remembers(user, presented) {
+        let fingerprint = Self::fingerprint(user, presented);
+        if self.remembers_fingerprint(&fingerprint) {
             return Ok(());
         }
-        let fingerprint = Self::fingerprint(user, presented);
         let now = Instant::now();
         if !verify_password(presented, &user.password_hash) {
             return Err(CredentialError::Wrong(user.name.clone()));

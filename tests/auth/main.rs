@@ -126,72 +126,51 @@ async fn the_permission_matrix_holds_for_every_caller_and_endpoint() {
     }
 
     let web_pull = vec![repo_scope("team-a/web", "pull")];
+    // Every read that needs `pull` on team-a/web.
+    let pulls = [
+        (
+            "GET manifest",
+            Method::GET,
+            "/v2/team-a/web/manifests/v1".to_string(),
+        ),
+        (
+            "HEAD manifest",
+            Method::HEAD,
+            format!("/v2/team-a/web/manifests/{digest}"),
+        ),
+        (
+            "GET blob",
+            Method::GET,
+            format!("/v2/team-a/web/blobs/{layer}"),
+        ),
+        (
+            "HEAD blob",
+            Method::HEAD,
+            format!("/v2/team-a/web/blobs/{layer}"),
+        ),
+        (
+            "tag list",
+            Method::GET,
+            "/v2/team-a/web/tags/list".to_string(),
+        ),
+        (
+            "referrers",
+            Method::GET,
+            format!("/v2/team-a/web/referrers/{digest}"),
+        ),
+    ];
     let mut actual: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (i, caller) in callers.iter().enumerate() {
         let mut row = |cell: &'static str, value: String| {
             actual.entry(cell).or_default().push(value);
         };
         let status = |r: &registry::Reply| r.status.as_u16().to_string();
-        let r = registry
-            .call(
-                caller,
-                Method::GET,
-                "/v2/team-a/web/manifests/v1",
-                &web_pull,
-                None,
-            )
-            .await;
-        row("GET manifest", status(&r));
-        let r = registry
-            .call(
-                caller,
-                Method::HEAD,
-                &format!("/v2/team-a/web/manifests/{digest}"),
-                &web_pull,
-                None,
-            )
-            .await;
-        row("HEAD manifest", status(&r));
-        let r = registry
-            .call(
-                caller,
-                Method::GET,
-                &format!("/v2/team-a/web/blobs/{layer}"),
-                &web_pull,
-                None,
-            )
-            .await;
-        row("GET blob", status(&r));
-        let r = registry
-            .call(
-                caller,
-                Method::HEAD,
-                &format!("/v2/team-a/web/blobs/{layer}"),
-                &web_pull,
-                None,
-            )
-            .await;
-        row("HEAD blob", status(&r));
-        let r = registry
-            .call(
-                caller,
-                Method::GET,
-                "/v2/team-a/web/tags/list",
-                &web_pull,
-                None,
-            )
-            .await;
-        row("tag list", status(&r));
-        let r = registry
-            .call(
-                caller,
-                Method::GET,
-                &format!("/v2/team-a/web/referrers/{digest}"),
-                &web_pull,
-                None,
-            )
-            .await;
-        row("referrers", status(&r));
+        for (cell, method, path) in &pulls {
+            let r = registry
+                .call(caller, method.clone(), path, &web_pull, None)
+                .await;
+            row(cell, status(&r));
+        }
         let r = registry
             .call(
                 caller,
@@ -700,7 +679,11 @@ fn limited_config() -> String {
     format!("{LIMITED}{}", user_secret("root", "root-password", true))
 }
 
-fn manifest_for(config: &str, layer: &str) -> Vec<u8> {
+/// A manifest naming blobs nobody pushed: limits are checked before references, so
+/// it is refused for the limit, not for the missing blobs.
+fn manifest_of_unknown_blobs() -> Vec<u8> {
+    let config = format!("sha256:{}", "0".repeat(64));
+    let layer = format!("sha256:{}", "1".repeat(64));
     json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -778,10 +761,6 @@ async fn quotas_refuse_the_push_that_would_exceed_them_and_store_nothing() {
     // The namespace holds at most 3 tags: v1 plus two more, then no more.
     registry.push(&root, "small/other", "a", "a").await;
     registry.push(&root, "small/other", "b", "b").await;
-    let (config, layer) = (
-        "sha256:".to_string() + &"0".repeat(64),
-        "sha256:".to_string() + &"1".repeat(64),
-    );
     let r = registry
         .raw(
             Method::PUT,
@@ -789,7 +768,7 @@ async fn quotas_refuse_the_push_that_would_exceed_them_and_store_nothing() {
             Some(&auth),
             Some((
                 "application/vnd.oci.image.manifest.v1+json",
-                manifest_for(&config, &layer),
+                manifest_of_unknown_blobs(),
             )),
         )
         .await;
@@ -832,10 +811,6 @@ async fn immutable_tags_can_be_neither_overwritten_nor_deleted() {
     assert_eq!(r.status, 201, "{}", r.text());
 
     // Other content under v1 is refused, and v1 still points where it did.
-    let (config, layer) = (
-        "sha256:".to_string() + &"0".repeat(64),
-        "sha256:".to_string() + &"1".repeat(64),
-    );
     let r = registry
         .raw(
             Method::PUT,
@@ -843,7 +818,7 @@ async fn immutable_tags_can_be_neither_overwritten_nor_deleted() {
             Some(&auth),
             Some((
                 "application/vnd.oci.image.manifest.v1+json",
-                manifest_for(&config, &layer),
+                manifest_of_unknown_blobs(),
             )),
         )
         .await;

@@ -82,6 +82,22 @@ where
     }
 }
 
+/// A private berth Namespace (named after `prefix`) that `reader` may pull from, once Ready.
+async fn private_namespace(cluster: &TestCluster, prefix: &str, reader: &str) -> String {
+    let ns = cluster.unique(prefix);
+    let members = json!([{"user": reader, "permission": "read"}]);
+    cluster
+        .create(&berth(
+            "Namespace",
+            &ns,
+            json!({"visibility": "private", "members": members}),
+        ))
+        .await
+        .unwrap();
+    wait_ready(cluster, "Namespace", &ns, None).await;
+    ns
+}
+
 #[tokio::test]
 async fn members_and_visibility_changed_in_the_namespace_apply_to_the_next_request() {
     let Some(cluster) = TestCluster::start("auth-live").await else {
@@ -98,17 +114,7 @@ async fn members_and_visibility_changed_in_the_namespace_apply_to_the_next_reque
         .kubectl_stdin(&["apply", "-f", "-"], &generated)
         .ok();
     let first = operator(&cluster);
-    let ns = cluster.unique("secret");
-    let members = json!([{"user": "alice", "permission": "read"}]);
-    cluster
-        .create(&berth(
-            "Namespace",
-            &ns,
-            json!({"visibility": "private", "members": members}),
-        ))
-        .await
-        .unwrap();
-    wait_ready(&cluster, "Namespace", &ns, None).await;
+    let ns = private_namespace(&cluster, "secret", "alice").await;
     let repo = format!("{ns}/app");
     push_image(&first.url(), &repo, "v1", "live").await.unwrap();
     let url = first.url();
@@ -324,17 +330,7 @@ async fn an_annotated_user_gets_a_working_pull_secret_in_each_namespace() {
             "registry.test:5000",
         ],
     );
-    let ns = cluster.unique("private");
-    let members = json!([{"user": "deployer", "permission": "read"}]);
-    cluster
-        .create(&berth(
-            "Namespace",
-            &ns,
-            json!({"visibility": "private", "members": members}),
-        ))
-        .await
-        .unwrap();
-    wait_ready(&cluster, "Namespace", &ns, None).await;
+    let ns = private_namespace(&cluster, "private", "deployer").await;
     let repo = format!("{ns}/app");
     push_image(&op.url(), &repo, "v1", "pull-secret")
         .await

@@ -7,8 +7,9 @@ use kube::api::{Api, DeleteParams, DynamicObject};
 use serde_json::{Value, json};
 
 use crate::cluster::{TEST_LABEL, TestCluster};
-use crate::common::{require_tool, run, sha256};
-use crate::operator::{Operator, admin_basic_auth, admin_creds};
+use crate::common::{require_tool, sha256};
+use crate::images::skopeo_push;
+use crate::operator::{Operator, admin_basic_auth};
 use crate::resources::{berth, berth_resource};
 
 /// An operator that manages only this test's resources, so parallel tests do not meet.
@@ -136,38 +137,6 @@ async fn tags(url: &str, repo: &str) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-/// Writes a minimal OCI image layout (one layer) for skopeo to copy.
-fn oci_layout(dir: &std::path::Path) {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let write = |data: &[u8]| {
-        let digest = sha256(data);
-        std::fs::write(blobs.join(&digest[7..]), data).unwrap();
-        (digest, data.len())
-    };
-    let config =
-        write(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
-    let layer = write(b"not really a tarball, and the registry does not care");
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.0, "size": config.1},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.0, "size": layer.1}],
-    })
-    .to_string();
-    let manifest = write(manifest.as_bytes());
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest.0, "size": manifest.1,
-            "annotations": {"org.opencontainers.image.ref.name": "v1"},
-        }],
-    });
-    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
-}
-
 #[tokio::test]
 async fn a_namespace_applied_with_kubectl_takes_pushes_from_skopeo() {
     let Some(cluster) = TestCluster::start("ns-push").await else {
@@ -194,17 +163,7 @@ async fn a_namespace_applied_with_kubectl_takes_pushes_from_skopeo() {
         .ok();
     wait_ready(&cluster, "Namespace", &ns, None).await;
 
-    let layout = tempfile::tempdir().unwrap();
-    oci_layout(layout.path());
-    run(std::process::Command::new(skopeo).args([
-        "copy",
-        "--insecure-policy",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        &admin_creds(),
-        &format!("oci:{}:v1", layout.path().display()),
-        &format!("docker://{}/{ns}/app:v1", operator.addr),
-    ]));
+    skopeo_push(&skopeo, &operator.addr, &format!("{ns}/app"), "v1", "app");
     assert_eq!(
         tags(&operator.url(), &format!("{ns}/app")).await.1["tags"],
         json!(["v1"])

@@ -1,6 +1,9 @@
 //! The cost of auth on the hottest request, manifest GET: the same berth serves a
 //! public repository anonymously and a private one to a bearer token and to Basic
 //! auth; concurrent clients hammer each in turn and the ratio to anonymous is printed.
+//! Then a flood: `BENCH_FLOOD` (default 2,000) concurrent wrong-password sign-ins from
+//! 100 loopback addresses while one valid client pulls with its token; it prints berth's
+//! RSS and that client's p50/p99.
 //! Run with `scripts/bench-auth.sh` (release build, loopback). Not a test.
 
 use std::sync::Arc;
@@ -95,11 +98,116 @@ async fn load(url: String, authorization: Option<String>, duration: Duration) ->
     done.load(Ordering::Relaxed) as f64 / duration.as_secs_f64()
 }
 
+fn rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib >> 10)
+}
+
+/// Wrong-password sign-ins, all at once, while a valid client keeps pulling.
+async fn flood(base: &str, bearer: &str, pid: u32, attempts: usize) {
+    use std::net::{IpAddr, Ipv4Addr};
+    let before = rss_mib(pid);
+    let flooding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let peak = Arc::new(AtomicU64::new(before));
+    let sampler = {
+        let (flooding, peak) = (flooding.clone(), peak.clone());
+        tokio::spawn(async move {
+            while flooding.load(Ordering::SeqCst) {
+                peak.fetch_max(rss_mib(pid), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let puller = {
+        let (url, bearer, flooding) = (
+            format!("{base}/v2/closed/app/manifests/v1"),
+            bearer.to_string(),
+            flooding.clone(),
+        );
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let mut latencies = Vec::new();
+            while flooding.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let r = client
+                    .get(&url)
+                    .header("authorization", &bearer)
+                    .header("accept", "application/vnd.oci.image.manifest.v1+json")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+                latencies.push(started.elapsed());
+            }
+            latencies
+        })
+    };
+    let clients: Vec<reqwest::Client> = (0..100u8)
+        .map(|n| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 1, n + 1)))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..attempts)
+        .map(|n| {
+            let client = clients[n % clients.len()].clone();
+            let url = format!("{base}/v2/");
+            let basic = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("bench:guess-{n}"))
+            );
+            tokio::spawn(async move {
+                client
+                    .get(url)
+                    .header("authorization", basic)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for t in tasks {
+        *statuses.entry(t.await.unwrap()).or_default() += 1;
+    }
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    flooding.store(false, Ordering::SeqCst);
+    sampler.await.unwrap();
+    let mut latencies = puller.await.unwrap();
+    latencies.sort();
+    let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+    println!(
+        "flood of {attempts} concurrent wrong-password sign-ins from 100 addresses, answered in {took:.2?}: {statuses:?} (status: count)"
+    );
+    println!(
+        "  berth RSS {before} MiB before, {} MiB at peak, {} MiB after",
+        peak.load(Ordering::SeqCst),
+        rss_mib(pid)
+    );
+    println!(
+        "  a valid client's manifest GETs meanwhile: {} requests, p50 {:.2?}, p99 {:.2?}",
+        latencies.len(),
+        at(0.5),
+        at(0.99)
+    );
+}
+
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--help" || a == "-h") {
         println!(
-            "berth auth bench (run by scripts/bench-auth.sh): env BENCH_BERTH_BINARY (release berth), BENCH_SECS (default 10)"
+            "berth auth bench (run by scripts/bench-auth.sh): env BENCH_BERTH_BINARY (release berth), BENCH_SECS (default 10), BENCH_FLOOD (wrong-password sign-ins, default 2000)"
         );
         return;
     }
@@ -166,6 +274,7 @@ async fn main() {
         .await
         .unwrap();
     let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
+    let bearer_for_flood = bearer.clone();
 
     let duration = Duration::from_secs(secs);
     println!("manifest GET by tag, {CONCURRENCY} concurrent clients, {secs} s each, loopback");
@@ -197,6 +306,11 @@ async fn main() {
         with_basic / anonymous,
         cost(with_basic)
     );
+    let attempts: usize = std::env::var("BENCH_FLOOD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    flood(&base, &bearer_for_flood, child.id(), attempts).await;
     let _ = child.kill();
     let _ = child.wait();
 }

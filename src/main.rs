@@ -158,15 +158,32 @@ struct RegistryArgs {
         value_delimiter = ','
     )]
     registry_hosts: Vec<String>,
+
+    /// Threads that verify argon2 password hashes (each holds one hash's memory, 19 MiB
+    /// with the default parameters). Default: one per core.
+    #[arg(long, env = "BERTH_PASSWORD_CHECK_THREADS")]
+    password_check_threads: Option<usize>,
+
+    /// Password checks that may wait for a thread; more are answered at once with
+    /// 429 TOOMANYREQUESTS and Retry-After. Default: 16 per thread.
+    #[arg(long, env = "BERTH_PASSWORD_CHECK_QUEUE")]
+    password_check_queue: Option<usize>,
 }
 
 impl RegistryArgs {
     fn auth_settings(&self) -> berth::auth::Settings {
+        let defaults = berth::auth::Settings::default();
+        let threads = self
+            .password_check_threads
+            .unwrap_or(defaults.password_threads)
+            .max(1);
         berth::auth::Settings {
             service: self.token_service.clone(),
             realm: self.token_realm.clone(),
             temporary_ttl: std::time::Duration::from_secs(self.temporary_credential_hours * 3600),
-            ..Default::default()
+            password_threads: threads,
+            password_queue: self.password_check_queue.unwrap_or(16 * threads),
+            ..defaults
         }
     }
 }
@@ -362,6 +379,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         standalone_signing_key(&args, &storage.location)?,
         args.registry.auth_settings(),
         None,
+        metrics.password_checks.clone(),
     );
     trigger::standalone::start(
         args.config_dir.as_deref(),
@@ -444,6 +462,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         key,
         args.registry.auth_settings(),
         Some(ServiceAccountReviewer::new(client)),
+        metrics.password_checks.clone(),
     );
     tokio::spawn(controller::run_operator(ctx, election));
     serve_registry(
@@ -508,7 +527,7 @@ fn hash_password() -> anyhow::Result<()> {
     std::io::stdin().read_line(&mut password)?;
     let password = password.trim_end_matches(['\n', '\r']);
     anyhow::ensure!(!password.is_empty(), "give the password on stdin");
-    let hash = berth::auth::credentials::hash_password(password)
+    let hash = berth::auth::passwords::hash_password(password)
         .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
     println!("{hash}");
     Ok(())

@@ -38,10 +38,19 @@ pub struct TokenLabels {
     pub grant: &'static str,
 }
 
+/// How a password check ended: `ok`, `wrong` (a wrong password or an unknown user),
+/// `throttled` (refused before checking: too many recent failures) or `busy` (refused:
+/// the pool of password checks was full).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PasswordCheckLabels {
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub http: HttpMetrics,
     pub tokens: Family<TokenLabels, Counter>,
+    pub password_checks: Family<PasswordCheckLabels, Counter>,
     /// Upload sessions deleted after lying idle past `--upload-expiry`.
     pub uploads_expired: Counter,
 }
@@ -99,6 +108,12 @@ impl Metrics {
             "Token endpoint requests by grant (refused: credentials not accepted)",
             tokens.clone(),
         );
+        let password_checks = Family::<PasswordCheckLabels, Counter>::default();
+        registry.register(
+            "auth_password_checks",
+            "Sign-ins that needed a password check, by result (ok, wrong, throttled, busy)",
+            password_checks.clone(),
+        );
         let uploads_expired = Counter::default();
         registry.register(
             "uploads_expired",
@@ -109,6 +124,7 @@ impl Metrics {
             registry,
             http,
             tokens,
+            password_checks,
             uploads_expired,
         }
     }

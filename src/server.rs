@@ -98,6 +98,8 @@ pub async fn serve(listener: TcpListener, app: Router) -> std::io::Result<()> {
         // Small manifest replies must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
     });
+    // The peer's address reaches handlers (throttling of failed sign-ins).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -1,13 +1,13 @@
-//! Checking what a caller presents as a password: the user's own password (argon2,
-//! remembered briefly once verified so clients that send Basic auth on every request
-//! do not pay for argon2 each time), or a credential berth derived for the user with
-//! `berth login-command`: long-lived, or temporary with an expiry.
+//! Credentials berth derives for a user with `berth login-command` (long-lived, or
+//! temporary with an expiry), checked with a MAC and never with argon2, and the short
+//! memory of passwords verified moments ago, so clients that send Basic auth on every
+//! request do not pay for argon2 each time. Password hashes themselves are in
+//! [`super::passwords`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::Timestamp;
@@ -26,46 +26,25 @@ const REMEMBER: Duration = Duration::from_secs(300);
 /// Bound on remembered passwords, so a flood of distinct guesses cannot grow memory.
 const REMEMBER_MAX: usize = 10_000;
 
-pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes())?
-        .to_string())
-}
-
-/// The argon2 hash of a password given in plain text in a user Secret. Its salt comes
-/// from the user name, so reloading the Secret gives the same hash, and the credentials
-/// derived from it (which sign the hash) keep working until the password changes.
-pub fn hash_plain_password(
-    user: &str,
-    password: &str,
-) -> Result<String, argon2::password_hash::Error> {
-    let salt = Sha256::new()
-        .chain_update(b"berth user salt\0")
-        .chain_update(user.as_bytes())
-        .finalize();
-    Ok(Argon2::default()
-        .hash_password_with_salt(password.as_bytes(), &salt[..16])?
-        .to_string())
-}
-
-pub fn verify_password(password: &str, hash: &str) -> bool {
-    Argon2::default()
-        .verify_password(password.as_bytes(), hash)
-        .is_ok()
-}
-
-/// Why a presented password is refused.
+/// Why a presented derived credential is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialError {
-    #[error("wrong password or credential for user {0:?}")]
-    Wrong(String),
+    /// Deliberately the same words as a wrong password: nothing tells what was wrong.
+    #[error("wrong user name or password")]
+    Wrong,
     #[error(
         "the temporary credential of user {user:?} expired at {expired}; get a new one with `berth login-command --temporary`"
     )]
     Expired { user: String, expired: Timestamp },
 }
 
-/// Verifies passwords and derived credentials.
+/// Whether `presented` has the form of a credential berth derives (it is then checked
+/// only as one, with its MAC).
+pub fn is_derived(presented: &str) -> bool {
+    presented.starts_with(LONG_LIVED) || presented.starts_with(TEMPORARY)
+}
+
+/// Derives and checks credentials, and remembers verified passwords.
 pub struct Verifier {
     key: SigningKey,
     remembered: Mutex<HashMap<[u8; 32], Instant>>,
@@ -80,12 +59,10 @@ impl Verifier {
     }
 
     /// The long-lived credential of `user`. It stays valid until the user's password
-    /// changes (the password hash is part of what is signed), so changing the password
-    /// revokes it.
+    /// changes (the password's revision is part of what is signed), so changing the
+    /// password revokes it.
     pub fn long_lived(&self, user: &User) -> String {
-        let mac = self
-            .key
-            .sign(&["long-lived", &user.name, &user.password_hash]);
+        let mac = self.key.sign(&["long-lived", &user.name, &user.revision]);
         format!("{LONG_LIVED}{}", URL_SAFE_NO_PAD.encode(mac))
     }
 
@@ -94,85 +71,63 @@ impl Verifier {
         let expiry = until.as_second().to_string();
         let mac = self
             .key
-            .sign(&["temporary", &user.name, &user.password_hash, &expiry]);
+            .sign(&["temporary", &user.name, &user.revision, &expiry]);
         format!("{TEMPORARY}{expiry}.{}", URL_SAFE_NO_PAD.encode(mac))
     }
 
-    /// Checks `presented` against `user`'s password and derived credentials.
-    pub fn check(
+    /// Checks a derived credential of `user`: `Ok(None)` for a long-lived one,
+    /// `Ok(Some(expiry))` for a temporary one. Only a MAC and a comparison: cheap
+    /// enough for the request task.
+    pub fn check_derived(
         &self,
         user: &User,
         presented: &str,
         now: Timestamp,
-    ) -> Result<(), CredentialError> {
-        let wrong = || CredentialError::Wrong(user.name.clone());
+    ) -> Result<Option<Timestamp>, CredentialError> {
         if let Some(mac) = presented.strip_prefix(LONG_LIVED) {
-            let expected = self
-                .key
-                .sign(&["long-lived", &user.name, &user.password_hash]);
+            let expected = self.key.sign(&["long-lived", &user.name, &user.revision]);
             return decode_and_compare(mac, &expected)
-                .then_some(())
-                .ok_or_else(wrong);
+                .then_some(None)
+                .ok_or(CredentialError::Wrong);
         }
-        if let Some(rest) = presented.strip_prefix(TEMPORARY) {
-            let (expiry, mac) = rest.split_once('.').ok_or_else(wrong)?;
-            let expected = self
-                .key
-                .sign(&["temporary", &user.name, &user.password_hash, expiry]);
-            if !decode_and_compare(mac, &expected) {
-                return Err(wrong());
-            }
-            let expired = expiry
-                .parse::<i64>()
-                .ok()
-                .and_then(|s| Timestamp::from_second(s).ok())
-                .ok_or_else(wrong)?;
-            return if now < expired {
-                Ok(())
-            } else {
-                Err(CredentialError::Expired {
-                    user: user.name.clone(),
-                    expired,
-                })
-            };
+        let rest = presented
+            .strip_prefix(TEMPORARY)
+            .ok_or(CredentialError::Wrong)?;
+        let (expiry, mac) = rest.split_once('.').ok_or(CredentialError::Wrong)?;
+        let expected = self
+            .key
+            .sign(&["temporary", &user.name, &user.revision, expiry]);
+        if !decode_and_compare(mac, &expected) {
+            return Err(CredentialError::Wrong);
         }
-        self.check_password(user, presented)
+        let expired = expiry
+            .parse::<i64>()
+            .ok()
+            .and_then(|s| Timestamp::from_second(s).ok())
+            .ok_or(CredentialError::Wrong)?;
+        if now < expired {
+            Ok(Some(expired))
+        } else {
+            Err(CredentialError::Expired {
+                user: user.name.clone(),
+                expired,
+            })
+        }
     }
 
     /// Whether `presented` is `user`'s password as verified in the last few minutes: a
     /// hash and a map lookup, cheap enough for the request task (no argon2).
     pub fn remembers(&self, user: &User, presented: &str) -> bool {
-        self.remembers_fingerprint(&Self::fingerprint(user, presented))
-    }
-
-    fn remembers_fingerprint(&self, fingerprint: &[u8; 32]) -> bool {
+        let fingerprint = Self::fingerprint(user, presented);
         let remembered = self.remembered.lock().expect("credential cache poisoned");
         remembered
-            .get(fingerprint)
+            .get(&fingerprint)
             .is_some_and(|until| Instant::now() < *until)
     }
 
-    fn fingerprint(user: &User, presented: &str) -> [u8; 32] {
-        // The hash is part of the key: a changed password forgets what was remembered.
-        Sha256::new()
-            .chain_update(user.name.as_bytes())
-            .chain_update([0])
-            .chain_update(user.password_hash.as_bytes())
-            .chain_update([0])
-            .chain_update(presented.as_bytes())
-            .finalize()
-            .into()
-    }
-
-    fn check_password(&self, user: &User, presented: &str) -> Result<(), CredentialError> {
-        let fingerprint = Self::fingerprint(user, presented);
-        if self.remembers_fingerprint(&fingerprint) {
-            return Ok(());
-        }
+    /// Remembers that `presented` is `user`'s password, for a few minutes.
+    pub fn remember(&self, user: &User, presented: &str) {
         let now = Instant::now();
-        if !verify_password(presented, &user.password_hash) {
-            return Err(CredentialError::Wrong(user.name.clone()));
-        }
         let mut remembered = self.remembered.lock().expect("credential cache poisoned");
         if remembered.len() >= REMEMBER_MAX {
             remembered.retain(|_, until| now < *until);
@@ -180,8 +135,19 @@ impl Verifier {
                 remembered.clear();
             }
         }
-        remembered.insert(fingerprint, now + REMEMBER);
-        Ok(())
+        remembered.insert(Self::fingerprint(user, presented), now + REMEMBER);
+    }
+
+    fn fingerprint(user: &User, presented: &str) -> [u8; 32] {
+        // The revision is part of the key: a changed password forgets what was remembered.
+        Sha256::new()
+            .chain_update(user.name.as_bytes())
+            .chain_update([0])
+            .chain_update(user.revision.as_bytes())
+            .chain_update([0])
+            .chain_update(presented.as_bytes())
+            .finalize()
+            .into()
     }
 }
 
@@ -196,12 +162,8 @@ fn decode_and_compare(encoded: &str, expected: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn user() -> User {
-        User {
-            name: "alice".into(),
-            password_hash: hash_password("s3cret").unwrap(),
-            admin: false,
-        }
+    fn user(password: &str) -> User {
+        User::with_password("alice", password, false).unwrap()
     }
 
     fn at(s: &str) -> Timestamp {
@@ -209,58 +171,61 @@ mod tests {
     }
 
     #[test]
-    fn the_password_verifies_and_a_wrong_one_does_not() {
+    fn a_verified_password_is_remembered_for_that_user_only() {
         let v = Verifier::new(SigningKey::generate());
-        let alice = user();
-        let now = at("2026-11-23T00:00:00Z");
-        assert_eq!(v.check(&alice, "s3cret", now), Ok(()));
-        assert_eq!(v.check(&alice, "s3cret", now), Ok(()), "remembered");
-        assert!(v.check(&alice, "guess", now).is_err());
+        let alice = user("s3cret");
+        assert!(!v.remembers(&alice, "s3cret"));
+        v.remember(&alice, "s3cret");
+        assert!(v.remembers(&alice, "s3cret"));
+        assert!(!v.remembers(&alice, "guess"));
+        let changed = user("new");
+        assert!(!v.remembers(&changed, "s3cret"), "a new password forgets");
     }
 
     #[test]
     fn a_long_lived_credential_works_until_the_password_changes() {
         let v = Verifier::new(SigningKey::generate());
-        let alice = user();
+        let alice = user("s3cret");
         let credential = v.long_lived(&alice);
         let now = at("2030-01-01T00:00:00Z");
-        assert_eq!(v.check(&alice, &credential, now), Ok(()));
-        let changed = User {
-            password_hash: hash_password("new").unwrap(),
-            ..alice
-        };
-        assert!(v.check(&changed, &credential, now).is_err());
+        assert_eq!(v.check_derived(&alice, &credential, now), Ok(None));
+        // Reloading the same plain password (a new random salt) keeps it valid.
+        assert_eq!(v.check_derived(&user("s3cret"), &credential, now), Ok(None));
+        assert_eq!(
+            v.check_derived(&user("new"), &credential, now),
+            Err(CredentialError::Wrong)
+        );
     }
 
     #[test]
     fn a_temporary_credential_expires() {
         let v = Verifier::new(SigningKey::generate());
-        let alice = user();
-        let credential = v.temporary(&alice, at("2026-11-23T06:00:00Z"));
+        let alice = user("s3cret");
+        let until = at("2026-11-23T06:00:00Z");
+        let credential = v.temporary(&alice, until);
         assert_eq!(
-            v.check(&alice, &credential, at("2026-11-23T05:59:59Z")),
-            Ok(())
+            v.check_derived(&alice, &credential, at("2026-11-23T05:59:59Z")),
+            Ok(Some(until))
         );
         assert!(matches!(
-            v.check(&alice, &credential, at("2026-11-23T06:00:00Z")),
+            v.check_derived(&alice, &credential, at("2026-11-23T06:00:00Z")),
             Err(CredentialError::Expired { .. })
         ));
         let tampered = credential.replacen("berth-t1.17", "berth-t1.27", 1);
-        assert!(matches!(
-            v.check(&alice, &tampered, at("2026-11-23T05:00:00Z")),
-            Err(CredentialError::Wrong(_))
-        ));
+        assert_eq!(
+            v.check_derived(&alice, &tampered, at("2026-11-23T05:00:00Z")),
+            Err(CredentialError::Wrong)
+        );
     }
 
     #[test]
     fn another_key_does_not_accept_the_credential() {
-        let alice = user();
+        let alice = user("s3cret");
         let credential = Verifier::new(SigningKey::generate()).long_lived(&alice);
         let other = Verifier::new(SigningKey::generate());
-        assert!(
-            other
-                .check(&alice, &credential, at("2026-11-23T00:00:00Z"))
-                .is_err()
+        assert_eq!(
+            other.check_derived(&alice, &credential, at("2026-11-23T00:00:00Z")),
+            Err(CredentialError::Wrong)
         );
     }
 }

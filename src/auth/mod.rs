@@ -7,28 +7,41 @@ pub mod challenge;
 pub mod credentials;
 pub mod key;
 pub mod login_command;
+pub mod passwords;
 pub mod scope;
 pub mod service_accounts;
+pub mod throttle;
 pub mod token;
 pub mod users;
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use jiff::Timestamp;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
+use crate::metrics::PasswordCheckLabels;
 use crate::policy::Caller;
 use credentials::{CredentialError, Verifier};
 use key::SigningKey;
+use passwords::{Busy, PasswordChecker};
 use service_accounts::ServiceAccountReviewer;
+use throttle::Throttle;
 use token::{Claims, Subject, TokenError, TokenKind};
-use users::Users;
+use users::{User, Users};
 
 /// The user name clients give with a Kubernetes ServiceAccount token as password.
 pub const SERVICE_ACCOUNT_USER: &str = "serviceaccount";
+
+/// ServiceAccount token reviews (calls to the apiserver) in flight at once; beyond
+/// them a sign-in is told to retry, so a flood of made-up tokens cannot become a
+/// flood on the apiserver.
+const CONCURRENT_REVIEWS: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -41,27 +54,41 @@ pub struct Settings {
     pub refresh_ttl: Duration,
     /// How long a `berth login-command --temporary` credential lasts.
     pub temporary_ttl: Duration,
+    /// Threads that verify argon2 password hashes (each holds one hash's memory).
+    pub password_threads: usize,
+    /// Password checks that may wait for a thread; beyond them, `429`.
+    pub password_queue: usize,
+    pub throttle: throttle::Limits,
 }
 
 impl Default for Settings {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Settings {
             service: "berth".into(),
             realm: None,
             token_ttl: Duration::from_secs(300),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             temporary_ttl: Duration::from_secs(6 * 3600),
+            password_threads: cores,
+            password_queue: 16 * cores,
+            throttle: throttle::Limits::default(),
         }
     }
 }
 
-/// Why authentication failed. Each becomes `UNAUTHORIZED` with a challenge.
+/// Why authentication failed. Each becomes `UNAUTHORIZED` with a challenge, except
+/// the two that ask the client to slow down (`TOOMANYREQUESTS`, see [`Self::retry_after`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("unknown user {0:?}")]
-    UnknownUser(String),
-    #[error(transparent)]
-    Credential(#[from] CredentialError),
+    /// An unknown user, a wrong password and a wrong derived credential all read the
+    /// same, so user names cannot be probed.
+    #[error("wrong user name or password")]
+    BadCredentials,
+    #[error(
+        "the temporary credential of user {user:?} expired at {expired}; get a new one with `berth login-command --temporary`"
+    )]
+    CredentialExpired { user: String, expired: Timestamp },
     #[error("bearer token refused: {0}")]
     Token(#[from] TokenError),
     #[error("the token's user {0:?} no longer exists")]
@@ -72,6 +99,36 @@ pub enum AuthError {
     MalformedHeader,
     #[error("ServiceAccount token refused: {0}")]
     ServiceAccount(String),
+    #[error(
+        "the token endpoint takes a password, a login-command credential or a refresh token, not a bearer token"
+    )]
+    NotACredential,
+    #[error("too many failed sign-ins; retry in {} s", .retry_after.as_secs().max(1))]
+    Throttled { retry_after: Duration },
+    #[error(transparent)]
+    Busy(#[from] Busy),
+}
+
+impl AuthError {
+    /// For refusals that mean "slow down": how long the client should wait.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AuthError::Throttled { retry_after } => Some(*retry_after),
+            AuthError::Busy(busy) => Some(busy.retry_after),
+            _ => None,
+        }
+    }
+}
+
+impl From<CredentialError> for AuthError {
+    fn from(e: CredentialError) -> Self {
+        match e {
+            CredentialError::Wrong => AuthError::BadCredentials,
+            CredentialError::Expired { user, expired } => {
+                AuthError::CredentialExpired { user, expired }
+            }
+        }
+    }
 }
 
 /// A caller as authenticated for one request.
@@ -95,12 +152,25 @@ impl Identity {
     }
 }
 
+/// A successful sign-in with a password, a derived credential or a ServiceAccount token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedIn {
+    pub caller: Caller,
+    /// When what the caller presented stops being valid (a temporary credential's
+    /// expiry): nothing minted from it may outlive it.
+    pub until: Option<Timestamp>,
+}
+
 struct Inner {
     users: Users,
     key: SigningKey,
     verifier: Verifier,
     settings: Settings,
     reviewer: Option<ServiceAccountReviewer>,
+    reviews: tokio::sync::Semaphore,
+    passwords: PasswordChecker,
+    throttle: Throttle,
+    checks: Family<PasswordCheckLabels, Counter>,
 }
 
 #[derive(Clone)]
@@ -112,13 +182,18 @@ impl Auth {
         key: SigningKey,
         settings: Settings,
         reviewer: Option<ServiceAccountReviewer>,
+        checks: Family<PasswordCheckLabels, Counter>,
     ) -> Self {
         Auth(Arc::new(Inner {
             users,
             verifier: Verifier::new(key.clone()),
             key,
+            passwords: PasswordChecker::new(settings.password_threads, settings.password_queue),
+            throttle: Throttle::new(settings.throttle),
             settings,
             reviewer,
+            reviews: tokio::sync::Semaphore::new(CONCURRENT_REVIEWS),
+            checks,
         }))
     }
 
@@ -139,7 +214,11 @@ impl Auth {
     }
 
     /// Who sent this request: nobody, a Basic-auth user, or the bearer of a token.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+    ) -> Result<Identity, AuthError> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Ok(Identity::nobody());
         };
@@ -147,9 +226,9 @@ impl Auth {
         let (scheme, credentials) = value.split_once(' ').ok_or(AuthError::MalformedHeader)?;
         if scheme.eq_ignore_ascii_case("basic") {
             let (user, password) = decode_basic(credentials.trim())?;
-            let caller = self.login(&user, &password).await?;
+            let signed_in = self.login(&user, &password, client).await?;
             Ok(Identity {
-                caller,
+                caller: signed_in.caller,
                 presented: true,
                 token: None,
             })
@@ -172,46 +251,115 @@ impl Auth {
         }
     }
 
+    /// Who asks the token endpoint for a token: nobody (an anonymous token) or a user
+    /// with Basic credentials. A bearer token is refused: tokens are minted only from
+    /// credentials, so a leaked short-lived token cannot be turned into a longer one.
+    pub async fn sign_in(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+    ) -> Result<Option<SignedIn>, AuthError> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Ok(None);
+        };
+        let value = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
+        let (scheme, credentials) = value.split_once(' ').ok_or(AuthError::MalformedHeader)?;
+        if scheme.eq_ignore_ascii_case("basic") {
+            let (user, password) = decode_basic(credentials.trim())?;
+            self.login(&user, &password, client).await.map(Some)
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            Err(AuthError::NotACredential)
+        } else {
+            Err(AuthError::MalformedHeader)
+        }
+    }
+
     /// Checks a user name and password (or derived credential, or ServiceAccount token).
-    pub async fn login(&self, user: &str, password: &str) -> Result<Caller, AuthError> {
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<SignedIn, AuthError> {
         if user == SERVICE_ACCOUNT_USER || user.starts_with("system:serviceaccount:") {
-            let reviewer = self.0.reviewer.as_ref().ok_or_else(|| {
-                AuthError::ServiceAccount(
-                    "this berth is not connected to a Kubernetes cluster".into(),
-                )
-            })?;
-            let name = reviewer
-                .review(password)
-                .await
-                .map_err(|e| AuthError::ServiceAccount(e.to_string()))?;
-            return Ok(Caller::user(name));
+            return self.service_account(password).await;
         }
         let directory = self.0.users.current();
-        let found = directory
-            .get(user)
-            .ok_or_else(|| AuthError::UnknownUser(user.to_string()))?;
-        let verifier = &self.0.verifier;
-        // argon2 is deliberately slow: keep it off the async workers, unless the
-        // password was verified moments ago (every request of a Basic-auth client).
-        let checked = if password.starts_with("berth-") {
-            verifier.check(found, password, Timestamp::now())
-        } else if verifier.remembers(found, password) {
-            Ok(())
-        } else {
-            let auth = self.clone();
-            let found = found.clone();
-            let password = password.to_string();
-            tokio::task::spawn_blocking(move || {
-                auth.0.verifier.check(&found, &password, Timestamp::now())
-            })
-            .await
-            .unwrap_or(Err(CredentialError::Wrong(user.to_string())))
+        let found = directory.get(user);
+        if credentials::is_derived(password) {
+            // A MAC: cheap, never throttled, and as fast for an unknown user.
+            let found = found.ok_or(AuthError::BadCredentials)?;
+            let until = self
+                .0
+                .verifier
+                .check_derived(found, password, Timestamp::now())?;
+            return Ok(signed_in(found, until));
+        }
+        if let Some(found) = found
+            && self.0.verifier.remembers(found, password)
+        {
+            return Ok(signed_in(found, None));
+        }
+        if let Err(wait) = self.0.throttle.check(user, client, Instant::now()) {
+            self.count("throttled");
+            return Err(AuthError::Throttled { retry_after: wait });
+        }
+        // An unknown user costs one check against a hash nothing matches, so it reads
+        // and takes the same as a wrong password.
+        let checked = match found {
+            Some(found) => {
+                self.0
+                    .passwords
+                    .verify(password, &found.password_hash)
+                    .await
+            }
+            None => self
+                .0
+                .passwords
+                .verify_dummy(password)
+                .await
+                .map(|()| false),
         };
-        checked?;
-        Ok(Caller::User {
-            name: found.name.clone(),
-            admin: found.admin,
+        let matched = checked.inspect_err(|_| self.count("busy"))?;
+        match found {
+            Some(found) if matched => {
+                self.count("ok");
+                self.0.throttle.succeeded(user, client);
+                self.0.verifier.remember(found, password);
+                Ok(signed_in(found, None))
+            }
+            _ => {
+                self.count("wrong");
+                self.0.throttle.failed(user, client, Instant::now());
+                Err(AuthError::BadCredentials)
+            }
+        }
+    }
+
+    async fn service_account(&self, token: &str) -> Result<SignedIn, AuthError> {
+        let reviewer = self.0.reviewer.as_ref().ok_or_else(|| {
+            AuthError::ServiceAccount("this berth is not connected to a Kubernetes cluster".into())
+        })?;
+        let _permit = self.0.reviews.try_acquire().map_err(|_| {
+            AuthError::Busy(Busy {
+                retry_after: Duration::from_secs(1),
+            })
+        })?;
+        let name = reviewer
+            .review(token)
+            .await
+            .map_err(|e| AuthError::ServiceAccount(e.to_string()))?;
+        Ok(SignedIn {
+            caller: Caller::user(name),
+            until: None,
         })
+    }
+
+    fn count(&self, result: &'static str) {
+        self.0
+            .checks
+            .get_or_create(&PasswordCheckLabels { result })
+            .inc();
     }
 
     /// The caller a token speaks for, re-checked against the live users so a deleted
@@ -226,7 +374,7 @@ impl Auth {
                     .get(&claims.sub)
                     .ok_or_else(|| AuthError::GoneUser(claims.sub.clone()))?;
                 if let Some(pwf) = &claims.pwf
-                    && *pwf != password_fingerprint(&user.password_hash)
+                    && *pwf != self.password_fingerprint(user)
                 {
                     return Err(AuthError::PasswordChanged);
                 }
@@ -237,12 +385,26 @@ impl Auth {
             }
         }
     }
+
+    /// A short fingerprint of a user's password revision, carried in tokens that must
+    /// die with it. Keyed, so a token reveals nothing usable about the password.
+    pub fn password_fingerprint(&self, user: &User) -> String {
+        let mac = self
+            .0
+            .key
+            .sign(&["password-fingerprint", &user.name, &user.revision]);
+        hex::encode(&mac[..8])
+    }
 }
 
-/// A short fingerprint of a password hash, carried in tokens that must die with it.
-pub fn password_fingerprint(hash: &str) -> String {
-    use sha2::Digest as _;
-    hex::encode(&sha2::Sha256::digest(hash.as_bytes())[..8])
+fn signed_in(user: &User, until: Option<Timestamp>) -> SignedIn {
+    SignedIn {
+        caller: Caller::User {
+            name: user.name.clone(),
+            admin: user.admin,
+        },
+        until,
+    }
 }
 
 fn decode_basic(encoded: &str) -> Result<(String, String), AuthError> {

@@ -1,15 +1,15 @@
-//! berth's users. In a cluster each user is a Kubernetes Secret labelled
-//! `berth.dev/user`; standalone, the same Secret documents sit in the config folder.
-//! Either way only a password *hash* is kept in memory.
+//! berth's users as the registry knows them: a name, an argon2 password hash, and
+//! whether the user administers berth. Where they come from (Kubernetes Secrets, in a
+//! cluster or in the config folder) is read in [`crate::config::user_secrets`]; this
+//! module knows no Kubernetes type.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::api::core::v1::Secret;
+use sha2::{Digest as _, Sha256};
 
-/// The label that makes a Secret a berth user.
-pub const USER_LABEL: &str = "berth.dev/user";
+use super::passwords::{self, HashError};
 
 /// One user as berth authenticates it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,34 +17,27 @@ pub struct User {
     pub name: String,
     /// An argon2 PHC string (`$argon2id$...`).
     pub password_hash: String,
+    /// What identifies the current password, for the credentials and tokens that must
+    /// die with it: the hash itself when one was given, or a digest of the plain
+    /// password, which (unlike its hash, salted anew at every load) stays the same
+    /// when the same password is loaded again. Only ever used under berth's MAC key.
+    pub revision: String,
     pub admin: bool,
 }
 
-/// Why a user Secret cannot be used.
+/// Why a user cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UserError {
     #[error("data.username {0:?} is not a valid user name (1 to 253 characters, no ':' or spaces)")]
     InvalidName(String),
     #[error("has neither data.passwordHash nor data.password")]
     NoPassword,
-    #[error("data.passwordHash is not an argon2 hash (make one with `berth hash-password`): {0}")]
-    BadHash(String),
+    #[error("data.passwordHash: {0}")]
+    BadHash(HashError),
     #[error("data.{0} is not UTF-8")]
     NotText(&'static str),
     #[error("hashing data.password failed: {0}")]
-    Hashing(String),
-}
-
-fn field(secret: &Secret, key: &'static str) -> Result<Option<String>, UserError> {
-    if let Some(text) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
-        return Ok(Some(text.clone()));
-    }
-    match secret.data.as_ref().and_then(|d| d.get(key)) {
-        None => Ok(None),
-        Some(bytes) => String::from_utf8(bytes.0.clone())
-            .map(Some)
-            .map_err(|_| UserError::NotText(key)),
-    }
+    Hashing(HashError),
 }
 
 pub fn valid_user_name(name: &str) -> bool {
@@ -54,41 +47,44 @@ pub fn valid_user_name(name: &str) -> bool {
         && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// Reads a user from its Secret: `username` (default: the Secret's name), `passwordHash`
-/// (argon2), or `password` (plain text, hashed here so it is never held as is),
-/// and `admin: "true"` for administrators.
-pub fn user_from_secret(secret: &Secret) -> Result<User, UserError> {
-    let name = field(secret, "username")?
-        .or_else(|| secret.metadata.name.clone())
-        .unwrap_or_default();
-    if !valid_user_name(&name) {
-        return Err(UserError::InvalidName(name));
-    }
-    let password_hash = match (field(secret, "passwordHash")?, field(secret, "password")?) {
-        (Some(hash), _) => {
-            let hash = hash.trim().to_string();
-            argon2::PasswordHash::new(&hash).map_err(|e| UserError::BadHash(e.to_string()))?;
-            hash
+impl User {
+    /// A user whose password is given as an argon2 hash (within berth's cost limits).
+    pub fn with_hash(name: &str, hash: &str, admin: bool) -> Result<User, UserError> {
+        if !valid_user_name(name) {
+            return Err(UserError::InvalidName(name.to_string()));
         }
-        (None, Some(password)) => super::credentials::hash_plain_password(&name, &password)
-            .map_err(|e| UserError::Hashing(e.to_string()))?,
-        (None, None) => return Err(UserError::NoPassword),
-    };
-    let admin = field(secret, "admin")?.is_some_and(|v| v.trim() == "true");
-    Ok(User {
-        name,
-        password_hash,
-        admin,
-    })
-}
+        let hash = hash.trim();
+        passwords::check_hash(hash).map_err(UserError::BadHash)?;
+        Ok(User {
+            name: name.to_string(),
+            password_hash: hash.to_string(),
+            revision: hash.to_string(),
+            admin,
+        })
+    }
 
-/// Whether a Secret declares a berth user.
-pub fn is_user_secret(secret: &Secret) -> bool {
-    secret
-        .metadata
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(USER_LABEL))
+    /// A user whose password is given in plain text: it is hashed at once (with a
+    /// random salt) and only the hash is kept.
+    pub fn with_password(name: &str, password: &str, admin: bool) -> Result<User, UserError> {
+        if !valid_user_name(name) {
+            return Err(UserError::InvalidName(name.to_string()));
+        }
+        let password_hash = passwords::hash_password(password).map_err(UserError::Hashing)?;
+        let revision = hex::encode(
+            Sha256::new()
+                .chain_update(b"berth password revision\0")
+                .chain_update(name.as_bytes())
+                .chain_update([0])
+                .chain_update(password.as_bytes())
+                .finalize(),
+        );
+        Ok(User {
+            name: name.to_string(),
+            password_hash,
+            revision: format!("plain:{revision}"),
+            admin,
+        })
+    }
 }
 
 /// All users, by name.
@@ -159,68 +155,38 @@ impl Users {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
-        Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.into()),
-                labels: Some(BTreeMap::from([(USER_LABEL.to_string(), "true".into())])),
-                ..Default::default()
-            },
-            string_data: Some(
-                data.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..Default::default()
-        }
-    }
 
     #[test]
-    fn a_plain_password_is_kept_only_as_a_hash_that_verifies() {
-        let user = user_from_secret(&secret(
-            "alice",
-            &[("password", "correct horse"), ("admin", "true")],
-        ))
-        .unwrap();
-        assert_eq!(user.name, "alice");
-        assert!(user.admin);
-        assert!(user.password_hash.starts_with("$argon2"));
-        assert!(super::super::credentials::verify_password(
+    fn a_plain_password_is_kept_only_as_a_salted_hash_that_verifies() {
+        let user = User::with_password("alice", "correct horse", true).unwrap();
+        assert!(user.password_hash.starts_with("$argon2id$"));
+        assert!(!user.password_hash.contains("correct"));
+        assert!(passwords::verify_password(
             "correct horse",
             &user.password_hash
         ));
-        assert!(!super::super::credentials::verify_password(
-            "wrong",
-            &user.password_hash
-        ));
-    }
-
-    #[test]
-    fn the_username_key_overrides_the_secret_name() {
-        let user = user_from_secret(&secret(
-            "berth-user-bob",
-            &[("username", "bob"), ("password", "pw")],
-        ))
-        .unwrap();
-        assert_eq!(user.name, "bob");
-        assert!(!user.admin);
-    }
-
-    #[test]
-    fn a_user_without_password_or_with_a_bad_hash_is_refused() {
-        assert_eq!(
-            user_from_secret(&secret("carol", &[])),
-            Err(UserError::NoPassword)
+        let again = User::with_password("alice", "correct horse", true).unwrap();
+        assert_ne!(
+            user.password_hash, again.password_hash,
+            "a new salt each time"
         );
+        assert_eq!(
+            user.revision, again.revision,
+            "the same password, the same revision"
+        );
+        let other = User::with_password("alice", "battery staple", true).unwrap();
+        assert_ne!(user.revision, other.revision);
+    }
+
+    #[test]
+    fn bad_names_and_hashes_are_refused() {
         assert!(matches!(
-            user_from_secret(&secret("carol", &[("passwordHash", "plain")])),
-            Err(UserError::BadHash(_))
+            User::with_password("a:b", "x", false),
+            Err(UserError::InvalidName(_))
         ));
         assert!(matches!(
-            user_from_secret(&secret("a:b", &[("password", "x")])),
-            Err(UserError::InvalidName(_))
+            User::with_hash("carol", "plain", false),
+            Err(UserError::BadHash(_))
         ));
     }
 }

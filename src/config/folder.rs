@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::user_secrets::{is_user_secret, user_from_secret};
 use crate::api::{AgingRule, Namespace, Repository, SyncRule, Trigger};
-use crate::auth::users::{Directory, User, Users, is_user_secret, user_from_secret};
+use crate::auth::users::{Directory, User, Users};
 use crate::oci::RepositoryName;
 
 /// One problem with one resource, located precisely enough to fix it.

@@ -3,6 +3,7 @@
 //! (standalone). Both paths build the snapshot the same way.
 
 mod folder;
+pub mod user_secrets;
 
 pub use folder::{ConfigFolder, FolderError, LoadedResources, watch_folder};
 

@@ -12,7 +12,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::auth::key::SigningKey;
-use crate::auth::users::{Directory, USER_LABEL, UserError, Users, user_from_secret};
+use crate::auth::users::{Directory, UserError, Users};
+use crate::config::user_secrets::{USER_LABEL, user_from_secret};
 
 const KEY_FIELD: &str = "key";
 

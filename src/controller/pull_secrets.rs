@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::auth::credentials::Verifier;
 use crate::auth::key::SigningKey;
-use crate::auth::users::user_from_secret;
+use crate::config::user_secrets::user_from_secret;
 
 pub const NAMESPACES_ANNOTATION: &str = "berth.dev/pull-secret-namespaces";
 /// Marks the Secrets berth wrote, with the user they are for.

@@ -62,6 +62,15 @@ fn unauthorized(
     )
 }
 
+/// `TOOMANYREQUESTS` with `Retry-After` (whole seconds, at least one).
+pub(super) fn slow_down(message: String, wait: std::time::Duration) -> RegistryError {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    RegistryError::new(ErrorCode::TooManyRequests, message).with_header(
+        header::RETRY_AFTER,
+        super::header_value(seconds.max(1).to_string()),
+    )
+}
+
 /// Authenticates and authorizes `req`, returning who is calling. In an open registry
 /// (no configuration) everyone may do everything and credentials are not examined.
 pub async fn admit(state: &RegistryState, route: &Route, req: &Request) -> Result<Identity> {
@@ -76,10 +85,13 @@ pub async fn admit(state: &RegistryState, route: &Route, req: &Request) -> Resul
             token: None,
         });
     }
-    let identity = match state.auth.authenticate(&req.headers).await {
+    let identity = match state.auth.authenticate(&req.headers, req.client).await {
         Ok(identity) => identity,
         Err(e) => {
             tracing::info!(error = %e, "authentication failed");
+            if let Some(wait) = e.retry_after() {
+                return Err(slow_down(e.to_string(), wait));
+            }
             let scope = match need(route, &req.method) {
                 Need::Repository(repo, action) => Some(scope_for(repo, action)),
                 Need::Catalog => Some("registry:catalog:*".to_string()),

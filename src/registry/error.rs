@@ -25,6 +25,7 @@ pub enum ErrorCode {
     Denied,
     Unsupported,
     RangeInvalid,
+    TooManyRequests,
     Unknown,
 }
 
@@ -46,6 +47,7 @@ impl ErrorCode {
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::RangeInvalid => "RANGE_INVALID",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -68,6 +70,7 @@ impl ErrorCode {
             ErrorCode::Denied => StatusCode::FORBIDDEN,
             ErrorCode::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

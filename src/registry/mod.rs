@@ -65,6 +65,8 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     /// Who is calling, once admitted.
     pub identity: Identity,
+    /// The peer's address, for throttling failed sign-ins.
+    pub client: Option<std::net::IpAddr>,
 }
 
 impl Request {
@@ -116,6 +118,10 @@ async fn dispatch(State(state): State<RegistryState>, request: axum::extract::Re
             })
             .unwrap_or_default(),
         identity: Identity::nobody(),
+        client: parts
+            .extensions
+            .get::<axum::extract::connect_info::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip()),
     };
     let result = match route {
         Ok(route) => handle(&state, route, request, body).await,

@@ -4,8 +4,11 @@
 //! the requested actions the caller may perform now.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
+use axum::Extension;
 use axum::body::Bytes;
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +19,7 @@ use super::RegistryState;
 use super::error::{ErrorCode, RegistryError};
 use crate::auth::scope::{Scope, parse_all};
 use crate::auth::token::{self, Claims, ResourceActions, Subject, TokenKind};
-use crate::auth::{AuthError, password_fingerprint};
+use crate::auth::{AuthError, SignedIn};
 use crate::oci::RepositoryName;
 use crate::policy::{Action, Caller};
 
@@ -54,6 +57,9 @@ fn count(state: &RegistryState, grant: &'static str) {
 fn unauthorized(state: &RegistryState, headers: &HeaderMap, error: AuthError) -> Response {
     tracing::info!(%error, "token request refused");
     count(state, "refused");
+    if let Some(wait) = error.retry_after() {
+        return super::access::slow_down(error.to_string(), wait).into_response();
+    }
     let settings = state.auth.settings();
     RegistryError::new(ErrorCode::Unauthorized, error.to_string())
         .with_header(
@@ -69,12 +75,17 @@ fn unauthorized(state: &RegistryState, headers: &HeaderMap, error: AuthError) ->
 /// GET: credentials (if any) in the Authorization header, scopes in the query.
 pub async fn get(
     State(state): State<RegistryState>,
+    connection: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     let query = params(query.as_deref().unwrap_or(""));
-    let caller = match state.auth.authenticate(&headers).await {
-        Ok(identity) => identity.caller,
+    let client = connection.map(|c| c.0.0.ip());
+    let signed_in = match state.auth.sign_in(&headers, client).await {
+        Ok(signed_in) => signed_in.unwrap_or(SignedIn {
+            caller: Caller::Anonymous,
+            until: None,
+        }),
         Err(e) => return unauthorized(&state, &headers, e),
     };
     count(
@@ -92,25 +103,31 @@ pub async fn get(
             .map(|(_, v)| v.as_str()),
     );
     let offline = first(&query, "offline_token") == Some("true");
-    issue(&state, &caller, &scopes, offline)
+    issue(&state, &signed_in, &scopes, offline)
 }
 
 /// POST: an OAuth2 form with `grant_type` `password` or `refresh_token`.
-pub async fn post(State(state): State<RegistryState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn post(
+    State(state): State<RegistryState>,
+    connection: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let client = connection.map(|c| c.0.0.ip());
     let Ok(text) = std::str::from_utf8(&body) else {
         return bad_request("the form is not UTF-8");
     };
     let form = params(text);
-    let caller = match first(&form, "grant_type") {
+    let signed_in = match first(&form, "grant_type") {
         Some("password") => {
             let (Some(user), Some(password)) = (first(&form, "username"), first(&form, "password"))
             else {
                 return bad_request("grant_type=password needs username and password");
             };
-            match state.auth.login(user, password).await {
-                Ok(caller) => {
+            match state.auth.login(user, password, client).await {
+                Ok(signed_in) => {
                     count(&state, "password");
-                    caller
+                    signed_in
                 }
                 Err(e) => return unauthorized(&state, &headers, e),
             }
@@ -126,13 +143,23 @@ pub async fn post(State(state): State<RegistryState>, headers: HeaderMap, body: 
                 TokenKind::Refresh,
                 Timestamp::now().as_second(),
             );
-            match claims
-                .map_err(AuthError::from)
-                .and_then(|c| state.auth.caller_of(&c))
-            {
-                Ok(caller) => {
+            // A refresh token lends its own expiry to what it mints, so refreshing never
+            // extends it: it dies with the credential it came from.
+            match claims.map_err(AuthError::from).and_then(|c| {
+                if c.subject != Subject::User {
+                    return Err(AuthError::ServiceAccount(
+                        "a ServiceAccount signs in with its own token, not a refresh token".into(),
+                    ));
+                }
+                let until = jiff::Timestamp::from_second(c.exp).ok();
+                state
+                    .auth
+                    .caller_of(&c)
+                    .map(|caller| SignedIn { caller, until })
+            }) {
+                Ok(signed_in) => {
                     count(&state, "refresh_token");
-                    caller
+                    signed_in
                 }
                 Err(e) => return unauthorized(&state, &headers, e),
             }
@@ -153,7 +180,7 @@ pub async fn post(State(state): State<RegistryState>, headers: HeaderMap, body: 
     // every POST is what distribution's token servers do for refresh grants too.
     let offline = first(&form, "access_type") == Some("offline")
         || first(&form, "grant_type") == Some("refresh_token");
-    issue(&state, &caller, &scopes, offline)
+    issue(&state, &signed_in, &scopes, offline)
 }
 
 fn bad_request(message: &str) -> Response {
@@ -214,35 +241,49 @@ fn grant(state: &RegistryState, caller: &Caller, scopes: &[Scope]) -> Vec<Resour
     access
 }
 
+/// The subject of a token for `caller`, and the kind of sign-in it must be re-checked against.
+fn subject(caller: &Caller) -> Subject {
+    match caller {
+        Caller::Anonymous => Subject::Anonymous,
+        Caller::User { name, .. } if name.starts_with("system:serviceaccount:") => {
+            Subject::ServiceAccount
+        }
+        Caller::User { .. } => Subject::User,
+    }
+}
+
 fn claims_for(
     state: &RegistryState,
-    caller: &Caller,
+    signed_in: &SignedIn,
     kind: TokenKind,
     ttl: std::time::Duration,
     access: Vec<ResourceActions>,
 ) -> Claims {
+    let caller = &signed_in.caller;
     let now = Timestamp::now().as_second();
-    let (sub, subject, pwf) = match caller {
-        Caller::Anonymous => (String::new(), Subject::Anonymous, None),
-        Caller::User { name, .. } if name.starts_with("system:serviceaccount:") => {
-            (name.clone(), Subject::ServiceAccount, None)
-        }
-        Caller::User { name, .. } => (
+    let exp = match signed_in.until {
+        Some(until) => (now + ttl.as_secs() as i64).min(until.as_second()),
+        None => now + ttl.as_secs() as i64,
+    };
+    let subject = subject(caller);
+    let (sub, pwf) = match (caller, subject) {
+        (Caller::Anonymous, _) => (String::new(), None),
+        (Caller::User { name, .. }, Subject::User) => (
             name.clone(),
-            Subject::User,
             state
                 .auth
                 .users()
                 .current()
                 .get(name)
-                .map(|u| password_fingerprint(&u.password_hash)),
+                .map(|u| state.auth.password_fingerprint(u)),
         ),
+        (Caller::User { name, .. }, _) => (name.clone(), None),
     };
     Claims {
         iss: token::ISSUER.into(),
         sub,
         aud: state.auth.settings().service.clone(),
-        exp: now + ttl.as_secs() as i64,
+        exp,
         nbf: now,
         iat: now,
         jti: uuid::Uuid::new_v4().to_string(),
@@ -253,17 +294,26 @@ fn claims_for(
     }
 }
 
-fn issue(state: &RegistryState, caller: &Caller, scopes: &[Scope], offline: bool) -> Response {
+fn issue(state: &RegistryState, signed_in: &SignedIn, scopes: &[Scope], offline: bool) -> Response {
     let settings = state.auth.settings();
-    let access = grant(state, caller, scopes);
-    let claims = claims_for(state, caller, TokenKind::Access, settings.token_ttl, access);
+    let access = grant(state, &signed_in.caller, scopes);
+    let claims = claims_for(
+        state,
+        signed_in,
+        TokenKind::Access,
+        settings.token_ttl,
+        access,
+    );
+    let expires_in = (claims.exp - claims.iat).max(0) as u64;
     let token = token::encode(state.auth.key(), &claims);
-    let refresh_token = (offline && matches!(caller, Caller::User { .. })).then(|| {
+    // Only users get refresh tokens: a ServiceAccount signs in again with its own
+    // (short-lived, reviewed) token, so deleting the ServiceAccount revokes it.
+    let refresh_token = (offline && subject(&signed_in.caller) == Subject::User).then(|| {
         token::encode(
             state.auth.key(),
             &claims_for(
                 state,
-                caller,
+                signed_in,
                 TokenKind::Refresh,
                 settings.refresh_ttl,
                 Vec::new(),
@@ -273,7 +323,7 @@ fn issue(state: &RegistryState, caller: &Caller, scopes: &[Scope], offline: bool
     let body = TokenResponse {
         access_token: token.clone(),
         token,
-        expires_in: settings.token_ttl.as_secs(),
+        expires_in,
         issued_at: Timestamp::now().to_string(),
         refresh_token,
     };

@@ -106,6 +106,11 @@ impl Berth {
         format!("http://{}", self.addr)
     }
 
+    /// The process id of the running berth.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills berth with SIGKILL: no shutdown code runs, as in a crash or OOM kill.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -46,12 +46,32 @@ pub struct UploadState {
 }
 
 /// Serialises requests on one upload inside this process, so two PATCHes racing on
-/// the same session cannot both claim the same offset.
+/// the same session cannot both claim the same offset. An entry lives only while a
+/// request holds or awaits it, so requests naming sessions that do not exist (or a
+/// flood of them) leave nothing behind.
 #[derive(Clone, Default)]
 pub struct UploadLocks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
 
+/// Holds one upload's lock; dropping it removes the entry when nobody else waits.
+pub(super) struct UploadGuard {
+    locks: UploadLocks,
+    id: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.0.lock().expect("upload lock map poisoned");
+        // The map's own reference is the only one left: no request holds or awaits it.
+        if map.get(&self.id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(&self.id);
+        }
+    }
+}
+
 impl UploadLocks {
-    pub(super) async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(super) async fn lock(&self, id: &str) -> UploadGuard {
         let lock = self
             .0
             .lock()
@@ -59,7 +79,17 @@ impl UploadLocks {
             .entry(id.to_string())
             .or_default()
             .clone();
-        lock.lock_owned().await
+        let guard = lock.lock_owned().await;
+        UploadGuard {
+            locks: self.clone(),
+            id: id.to_string(),
+            guard: Some(guard),
+        }
+    }
+
+    /// Sessions with a lock entry now (held or awaited).
+    pub fn held(&self) -> usize {
+        self.0.lock().expect("upload lock map poisoned").len()
     }
 
     /// Whether a request of this process holds the session now.
@@ -89,6 +119,11 @@ pub fn valid_upload_id(id: &str) -> bool {
 }
 
 impl Store {
+    /// Upload sessions with a lock entry now: only those a request holds or awaits.
+    pub fn upload_locks_held(&self) -> usize {
+        self.uploads.held()
+    }
+
     pub async fn start_upload(
         &self,
         repo: &RepositoryName,

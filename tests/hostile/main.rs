@@ -8,3 +8,4 @@ mod common;
 mod registry;
 
 mod auth;
+mod metrics;

@@ -67,4 +67,5 @@ storage_suite! {
     referrers_index_lists_manifests_with_a_subject,
     concurrent_tag_pushes_leave_exactly_one_whole_manifest,
     large_blob_streams_out_with_the_right_digest,
+    requests_for_unknown_upload_sessions_leave_no_locks,
 }

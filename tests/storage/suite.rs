@@ -1365,3 +1365,35 @@ fn pieces_and_data_are_deterministic() {
     let set: BTreeSet<_> = (0..100).map(|s| data(8, s)).collect();
     assert_eq!(set.len(), 100);
 }
+
+/// Requests naming upload sessions that do not exist (random, or a flood) are refused
+/// and leave no per-session state behind; a real session's lock goes when it is done.
+pub async fn requests_for_unknown_upload_sessions_leave_no_locks(store: Store) {
+    let r = repo("team/locks");
+    let calls = (0..500).map(|n| {
+        let store = store.clone();
+        let r = r.clone();
+        async move {
+            let id = format!("00000000-0000-4000-8000-{n:012}");
+            store.append_upload(&r, &id, None, body(b"x")).await
+        }
+    });
+    for result in futures::future::join_all(calls).await {
+        assert!(
+            matches!(result, Err(StorageError::UploadUnknown(_))),
+            "{result:?}"
+        );
+    }
+    assert_eq!(store.upload_locks_held(), 0);
+    let session = store.start_upload(&r, Algorithm::Sha256).await.unwrap();
+    store
+        .append_upload(&r, &session.id, None, body(b"abc"))
+        .await
+        .unwrap();
+    assert_eq!(store.upload_locks_held(), 0, "released after the request");
+    store
+        .finish_upload(&r, &session.id, &sha256(b"abc"), None, empty())
+        .await
+        .unwrap();
+    assert_eq!(store.upload_locks_held(), 0);
+}

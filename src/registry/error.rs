@@ -157,6 +157,7 @@ impl From<StorageError> for RegistryError {
             StorageError::ManifestUnknown(_) => ErrorCode::ManifestUnknown,
             StorageError::ManifestBlobUnknown(_) => ErrorCode::ManifestBlobUnknown,
             StorageError::NameUnknown(_) => ErrorCode::NameUnknown,
+            StorageError::TagTaken { .. } => ErrorCode::Denied,
         };
         let mut err = RegistryError::new(code, e.to_string());
         if matches!(e, StorageError::UploadOutOfOrder { .. }) {

@@ -2,10 +2,21 @@
 //! a push that would exceed a quota, overwrite an immutable tag or delete one is
 //! refused with `DENIED`, and nothing of it is kept. Costs nothing for repositories
 //! without quotas or immutable tags.
+//!
+//! Exactness under concurrency: tag counts are checked and tags written under one
+//! lock per scope (see `Store::lock_tags`), so racing pushes never exceed `maxTags`.
+//! Bytes count as they arrive: usage is what is committed plus what sits in upload
+//! sessions, and a body that streams past what is left is cut off mid-stream with
+//! `DENIED`. Uploads running at the same moment each see the others' bytes only as
+//! far as they have arrived, so `maxBytes` can be exceeded by at most the blobs in
+//! flight at once.
+
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::http::{Method, header};
 use bytes::Bytes;
+use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 
 use super::error::{ErrorCode, RegistryError, Result};
@@ -60,7 +71,81 @@ async fn usage(
         bytes += u.bytes;
         tags += u.tags;
     }
-    Ok((bytes, tags))
+    let in_sessions = state
+        .store
+        .bytes_in_uploads(|r| repos.iter().any(|x| x.as_str() == r))
+        .await?;
+    Ok((bytes + in_sessions, tags))
+}
+
+/// The bytes `repo` may still take before some byte quota is full; `None` without one.
+async fn byte_budget(
+    state: &RegistryState,
+    snapshot: &Snapshot,
+    repo: &RepositoryName,
+) -> Result<Option<(u64, String)>> {
+    let mut budget: Option<(u64, String)> = None;
+    for (scope, quota) in snapshot.quotas(repo) {
+        let Some(max) = quota.max_bytes else { continue };
+        let (used, _) = usage(state, scope, repo).await?;
+        let left = (max.max(0) as u64).saturating_sub(used);
+        if budget.as_ref().is_none_or(|(b, _)| left < *b) {
+            let why = format!(
+                "quota exceeded: {} holds {used} bytes and this upload went past its quota of {max} bytes (spec.quota.maxBytes); the upload is cancelled",
+                scope_name(scope, repo)
+            );
+            budget = Some((left, why));
+        }
+    }
+    Ok(budget)
+}
+
+/// Set when a body was cut off for going past a byte quota, with the reason to give.
+#[derive(Clone, Default)]
+pub struct Tripwire(Arc<OnceLock<String>>);
+
+impl Tripwire {
+    pub fn tripped(&self) -> Option<RegistryError> {
+        self.0.get().map(|why| denied(why.clone()))
+    }
+}
+
+/// After a cut-off, the rest of a body is still read (and dropped) up to this much, so
+/// the client gets to read the refusal instead of a connection reset mid-send.
+const DRAIN_LIMIT: u64 = 64 << 20;
+
+/// `body`, cut off with an error once more than `budget` bytes have arrived.
+fn metered(body: Body, budget: u64, why: String, tripwire: &Tripwire) -> Body {
+    let tripwire = tripwire.clone();
+    let stream = futures::stream::unfold(
+        (body.into_data_stream(), 0u64, false),
+        move |(mut inner, seen, done)| {
+            let (tripwire, why) = (tripwire.clone(), why.clone());
+            async move {
+                if done {
+                    return None;
+                }
+                let chunk = match inner.next().await? {
+                    Ok(chunk) => chunk,
+                    Err(e) => return Some((Err(e), (inner, seen, true))),
+                };
+                let seen = seen.saturating_add(chunk.len() as u64);
+                if seen <= budget {
+                    return Some((Ok(chunk), (inner, seen, false)));
+                }
+                let _ = tripwire.0.set(why.clone());
+                let mut drained = 0u64;
+                while drained < DRAIN_LIMIT {
+                    match inner.next().await {
+                        Some(Ok(rest)) => drained += rest.len() as u64,
+                        _ => break,
+                    }
+                }
+                Some((Err(axum::Error::new(why)), (inner, seen, true)))
+            }
+        },
+    );
+    Body::from_stream(stream)
 }
 
 /// Refuses adding `bytes` and `tags` to `repo` beyond any quota that bounds it.
@@ -98,6 +183,22 @@ async fn check_quota(
     Ok(())
 }
 
+/// The scope whose tag writes must not interleave: the namespace when its tag count is
+/// limited (pushes into any of its repositories count against one number), otherwise
+/// the repository.
+pub fn tag_scope(state: &RegistryState, repo: &RepositoryName) -> String {
+    let snapshot = state.policy.current();
+    let namespace_counts = snapshot
+        .quotas(repo)
+        .iter()
+        .any(|(scope, quota)| *scope == QuotaScope::Namespace && quota.max_tags.is_some());
+    if namespace_counts {
+        format!("namespace {}", repo.namespace())
+    } else {
+        format!("repository {repo}")
+    }
+}
+
 /// Bytes a blob adds to `repo`: none when the repository already links it.
 async fn blob_adds(
     state: &RegistryState,
@@ -118,12 +219,14 @@ fn digest_param(req: &Request) -> Option<Digest> {
 }
 
 /// Checks `route`'s request against the declared limits. May read a manifest body to
-/// compare it with an immutable tag, so it hands the body back.
+/// compare it with an immutable tag, and meters upload bodies against byte quotas, so
+/// it hands the body back, with the tripwire a metered body sets when cut off.
 pub async fn check(
     state: &RegistryState,
     route: &Route,
     req: &Request,
     body: Body,
+    tripwire: &Tripwire,
 ) -> Result<Body> {
     let snapshot = state.policy.current();
     let Some(repo) = route.repository() else {
@@ -132,6 +235,15 @@ pub async fn check(
     if snapshot.open || (snapshot.quotas(repo).is_empty() && !snapshot.has_immutable_tags(repo)) {
         return Ok(body);
     }
+    let body = match (route, &req.method) {
+        (Route::Uploads(_), &Method::POST) | (Route::Upload(..), &Method::PATCH | &Method::PUT) => {
+            match byte_budget(state, &snapshot, repo).await? {
+                Some((left, why)) => metered(body, left, why, tripwire),
+                None => body,
+            }
+        }
+        _ => body,
+    };
     match (route, &req.method) {
         (Route::Uploads(_), &Method::POST) => {
             if let Some(mount) = req.query("mount").and_then(|m| m.parse::<Digest>().ok()) {
@@ -150,12 +262,12 @@ pub async fn check(
             }
         }
         (Route::Upload(_, id), &Method::PATCH | &Method::PUT) => {
-            let so_far = state.store.upload_status(repo, id).await?.size;
+            // The session's bytes so far already count as usage.
+            state.store.upload_status(repo, id).await?;
             let digest = (req.method == Method::PUT)
                 .then(|| digest_param(req))
                 .flatten();
-            let adds =
-                blob_adds(state, repo, digest.as_ref(), so_far + content_length(req)).await?;
+            let adds = blob_adds(state, repo, digest.as_ref(), content_length(req)).await?;
             if let Err(e) = check_quota(state, &snapshot, repo, adds, 0).await {
                 // The upload can never complete: drop what it staged.
                 let _ = state.store.cancel_upload(repo, id).await;

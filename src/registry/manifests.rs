@@ -111,12 +111,36 @@ pub async fn put(
     let content_type = req.header(header::CONTENT_TYPE).map(str::to_string);
     let body = read_limited(body).await?;
     let manifest = Manifest::parse(content_type.as_deref(), &body)?;
+    // Immutable tags are written create-only: of concurrent pushes of one new release
+    // tag, exactly one lands, and the others are told so.
+    let snapshot = state.policy.current();
+    let pushed_tags = match reference {
+        Reference::Tag(tag) => std::slice::from_ref(tag),
+        Reference::Digest(_) => &[],
+    };
+    let create_only: Vec<Tag> = pushed_tags
+        .iter()
+        .chain(&extra_tags)
+        .filter(|t| snapshot.immutable_pattern(name, t.as_str()).is_some())
+        .cloned()
+        .collect();
     let digest = match state
         .store
-        .put_manifest(name, reference, &extra_tags, body, &manifest)
+        .put_manifest(name, reference, &extra_tags, body, &manifest, &create_only)
         .await
     {
         Ok(d) => d,
+        Err(StorageError::TagTaken { tag, existing }) => {
+            let pattern = snapshot
+                .immutable_pattern(name, tag.as_str())
+                .unwrap_or("?");
+            return Err(RegistryError::new(
+                ErrorCode::Denied,
+                format!(
+                    "tag {tag} of {name} is immutable (it matches {pattern:?} in the Repository's spec.immutableTags): it already points to {existing} and cannot be overwritten; push a new tag"
+                ),
+            ));
+        }
         Err(StorageError::DigestMismatch { expected, actual }) => {
             return Err(RegistryError::new(
                 ErrorCode::DigestInvalid,

@@ -161,37 +161,69 @@ async fn handle(
     if writes && let Some(repo) = route.repository() {
         state.check_push(repo)?;
     }
-    let body = limits::check(state, &route, &req, body).await?;
+    // Tag writes and deletes of one scope are serialised, so the quota counted and the
+    // tag checked by `limits` are still true when the handler writes.
+    let _tags_guard = match (&route, &req.method) {
+        (Route::Manifest(repo, _), &Method::PUT | &Method::DELETE) => {
+            Some(state.store.lock_tags(&limits::tag_scope(state, repo)).await)
+        }
+        _ => None,
+    };
+    let tripwire = limits::Tripwire::default();
+    let body = limits::check(state, &route, &req, body, &tripwire).await?;
+    let upload_id = match &route {
+        Route::Upload(repo, id) => Some((repo.clone(), id.clone())),
+        _ => None,
+    };
+    let result = dispatch_route(state, route, &req, body).await;
+    if result.is_err()
+        && let Some(refusal) = tripwire.tripped()
+    {
+        // Cut off for going past a byte quota: the upload can never complete.
+        if let Some((repo, id)) = upload_id {
+            let _ = state.store.cancel_upload(&repo, &id).await;
+        }
+        return Err(refusal);
+    }
+    result
+}
+
+async fn dispatch_route(
+    state: &RegistryState,
+    route: Route,
+    req: &Request,
+    body: Body,
+) -> Result<Response> {
     match (route, req.method.clone()) {
         (Route::Base, Method::GET | Method::HEAD) => {
             Ok(json_response(StatusCode::OK, b"{}".to_vec()))
         }
-        (Route::Catalog, Method::GET) => catalog::list(state, &req).await,
-        (Route::Tags(name), Method::GET) => tags::list(state, &name, &req).await,
+        (Route::Catalog, Method::GET) => catalog::list(state, req).await,
+        (Route::Tags(name), Method::GET) => tags::list(state, &name, req).await,
         (Route::Manifest(name, reference), Method::GET | Method::HEAD) => {
-            manifests::get(state, &name, &reference, &req).await
+            manifests::get(state, &name, &reference, req).await
         }
         (Route::Manifest(name, reference), Method::PUT) => {
-            manifests::put(state, &name, &reference, &req, body).await
+            manifests::put(state, &name, &reference, req, body).await
         }
         (Route::Manifest(name, reference), Method::DELETE) => {
             manifests::delete(state, &name, &reference).await
         }
         (Route::Blob(name, digest), Method::GET | Method::HEAD) => {
-            blobs::get(state, &name, &digest, &req).await
+            blobs::get(state, &name, &digest, req).await
         }
         (Route::Blob(name, digest), Method::DELETE) => blobs::delete(state, &name, &digest).await,
-        (Route::Uploads(name), Method::POST) => uploads::start(state, &name, &req, body).await,
+        (Route::Uploads(name), Method::POST) => uploads::start(state, &name, req, body).await,
         (Route::Upload(name, id), Method::GET) => uploads::status(state, &name, &id).await,
         (Route::Upload(name, id), Method::PATCH) => {
-            uploads::patch(state, &name, &id, &req, body).await
+            uploads::patch(state, &name, &id, req, body).await
         }
         (Route::Upload(name, id), Method::PUT) => {
-            uploads::finish(state, &name, &id, &req, body).await
+            uploads::finish(state, &name, &id, req, body).await
         }
         (Route::Upload(name, id), Method::DELETE) => uploads::cancel(state, &name, &id).await,
         (Route::Referrers(name, digest), Method::GET) => {
-            referrers::list(state, &name, &digest, &req).await
+            referrers::list(state, &name, &digest, req).await
         }
         (route, method) => Err(RegistryError::new(
             ErrorCode::Unsupported,

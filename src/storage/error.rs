@@ -1,4 +1,4 @@
-use crate::oci::{Digest, RepositoryName};
+use crate::oci::{Digest, RepositoryName, Tag};
 
 /// What can go wrong below the HTTP layer. Each variant is either the caller's fault
 /// (and maps to a spec error code) or a backend failure (a 500 with context).
@@ -33,6 +33,9 @@ pub enum StorageError {
     ManifestBlobUnknown(Digest),
     #[error("repository {0} is not known")]
     NameUnknown(RepositoryName),
+    /// A tag written create-only (an immutable tag) already points elsewhere.
+    #[error("tag {tag} already points to {existing}")]
+    TagTaken { tag: Tag, existing: Digest },
 }
 
 impl StorageError {

@@ -4,9 +4,12 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 
-use super::Store;
+use object_store::path::Path;
+use object_store::{PutMode, PutOptions, PutPayload};
+
 use super::error::{Result, StorageError};
 use super::layout::{self, Key};
+use super::{KeyedGuard, Store};
 use crate::oci::{
     Descriptor, Digest, Manifest, ManifestKind, Reference, RepositoryName, Tag,
     is_non_distributable,
@@ -41,8 +44,20 @@ pub struct StoredManifest {
 }
 
 impl Store {
+    /// Serialises, inside this process, every write and delete of tags under `scope`
+    /// (a repository, or a namespace whose tag count is limited): a quota counted and
+    /// a tag written under one guard cannot be overtaken, and a delete that found a tag
+    /// pointing at a digest deletes it before anyone can move it. Replicas sharing S3
+    /// are not covered by this lock; immutable tags are, by their create-only write.
+    pub async fn lock_tags(&self, scope: &str) -> KeyedGuard {
+        self.tags.lock(scope).await
+    }
+
     /// Stores a validated manifest under `reference`, and points `extra_tags` at it too.
-    /// Everything it references must already be in `repo`. Returns the manifest's digest.
+    /// Everything it references must already be in `repo`. Tags in `create_only` (the
+    /// immutable ones) are written only if absent, with a conditional put that holds
+    /// across processes and replicas: if one exists and points elsewhere, the push fails
+    /// with `TagTaken` and that tag is left as it was. Returns the manifest's digest.
     pub async fn put_manifest(
         &self,
         repo: &RepositoryName,
@@ -50,6 +65,7 @@ impl Store {
         extra_tags: &[Tag],
         body: Bytes,
         manifest: &Manifest,
+        create_only: &[Tag],
     ) -> Result<Digest> {
         let algorithm = match reference {
             Reference::Digest(d) => d.algorithm(),
@@ -105,9 +121,46 @@ impl Store {
             Reference::Digest(_) => None,
         };
         for tag in reference_tag.into_iter().chain(extra_tags) {
-            self.put_json(&Key::Tag(repo, tag).path(), &pointer).await?;
+            let key = Key::Tag(repo, tag).path();
+            if create_only.contains(tag) {
+                self.create_tag(&key, tag, &pointer).await?;
+            } else {
+                self.put_json(&key, &pointer).await?;
+            }
         }
         Ok(digest)
+    }
+
+    /// Writes a tag pointer only if the tag does not exist; pushing the same digest
+    /// again is fine, another digest is `TagTaken`.
+    async fn create_tag(&self, key: &Path, tag: &Tag, pointer: &TagLink) -> Result<()> {
+        let data = serde_json::to_vec(pointer).expect("storage records always serialize");
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .objects
+            .put_opts(key, PutPayload::from(data), options)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let existing: TagLink = self
+                    .get_json(key)
+                    .await?
+                    .ok_or_else(|| StorageError::corrupt(key, "tag vanished while created"))?;
+                if existing.digest == pointer.digest {
+                    Ok(())
+                } else {
+                    Err(StorageError::TagTaken {
+                        tag: tag.clone(),
+                        existing: existing.digest,
+                    })
+                }
+            }
+            Err(e) => Err(StorageError::backend("create", key, e)),
+        }
     }
 
     async fn check_references(&self, repo: &RepositoryName, manifest: &Manifest) -> Result<()> {

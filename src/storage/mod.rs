@@ -13,6 +13,7 @@ mod cache;
 pub mod config;
 mod error;
 mod hasher;
+mod keyed_locks;
 pub mod layout;
 mod local;
 mod local_write;
@@ -43,12 +44,14 @@ pub use blobs::BlobStat;
 pub use config::ConfigError;
 pub use error::{Result, StorageError};
 pub use hasher::Hasher;
+pub use keyed_locks::KeyedGuard;
 pub use manifests::{ManifestLink, StoredManifest, TagLink};
 pub use read::{BlobBody, ByteRange};
 pub use repositories::RepositoryUsage;
-pub use uploads::{UploadLocks, UploadState};
+pub use uploads::UploadState;
 
 use cache::ManifestCache;
+use keyed_locks::KeyedLocks;
 use local::LocalDir;
 
 /// Registry content on one object store.
@@ -57,7 +60,10 @@ pub struct Store {
     objects: Arc<dyn ObjectStore>,
     /// The same objects as files, when the store is a local directory.
     local: Option<LocalDir>,
-    uploads: UploadLocks,
+    /// One lock per upload session (see `uploads.rs`).
+    uploads: KeyedLocks,
+    /// One lock per tag-writing scope (see [`Store::lock_tags`]).
+    tags: KeyedLocks,
     manifests: ManifestCache,
 }
 
@@ -67,7 +73,8 @@ impl Store {
         Store {
             objects,
             local: None,
-            uploads: UploadLocks::default(),
+            uploads: KeyedLocks::default(),
+            tags: KeyedLocks::default(),
             manifests: ManifestCache::default(),
         }
     }

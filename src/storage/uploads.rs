@@ -5,9 +5,7 @@
 //! resumed or finished upload never re-reads its bytes, survives a restart, and can
 //! continue on another replica sharing the same store.
 
-use std::collections::HashMap;
 use std::fmt::Display;
-use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -45,67 +43,6 @@ pub struct UploadState {
     pub started_at: u64,
 }
 
-/// Serialises requests on one upload inside this process, so two PATCHes racing on
-/// the same session cannot both claim the same offset. An entry lives only while a
-/// request holds or awaits it, so requests naming sessions that do not exist (or a
-/// flood of them) leave nothing behind.
-#[derive(Clone, Default)]
-pub struct UploadLocks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
-
-/// Holds one upload's lock; dropping it removes the entry when nobody else waits.
-pub(super) struct UploadGuard {
-    locks: UploadLocks,
-    id: String,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for UploadGuard {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut map = self.locks.0.lock().expect("upload lock map poisoned");
-        // The map's own reference is the only one left: no request holds or awaits it.
-        if map.get(&self.id).is_some_and(|l| Arc::strong_count(l) == 1) {
-            map.remove(&self.id);
-        }
-    }
-}
-
-impl UploadLocks {
-    pub(super) async fn lock(&self, id: &str) -> UploadGuard {
-        let lock = self
-            .0
-            .lock()
-            .expect("upload lock map poisoned")
-            .entry(id.to_string())
-            .or_default()
-            .clone();
-        let guard = lock.lock_owned().await;
-        UploadGuard {
-            locks: self.clone(),
-            id: id.to_string(),
-            guard: Some(guard),
-        }
-    }
-
-    /// Sessions with a lock entry now (held or awaited).
-    pub fn held(&self) -> usize {
-        self.0.lock().expect("upload lock map poisoned").len()
-    }
-
-    /// Whether a request of this process holds the session now.
-    pub(super) fn is_busy(&self, id: &str) -> bool {
-        self.0
-            .lock()
-            .expect("upload lock map poisoned")
-            .get(id)
-            .is_some_and(|lock| lock.try_lock().is_err())
-    }
-
-    fn forget(&self, id: &str) {
-        self.0.lock().expect("upload lock map poisoned").remove(id);
-    }
-}
-
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -122,6 +59,27 @@ impl Store {
     /// Upload sessions with a lock entry now: only those a request holds or awaits.
     pub fn upload_locks_held(&self) -> usize {
         self.uploads.held()
+    }
+
+    /// Bytes received by the unfinished upload sessions of the repositories for which
+    /// `belongs` holds (by name): they count against byte quotas before they commit.
+    pub async fn bytes_in_uploads(&self, belongs: impl Fn(&str) -> bool) -> Result<u64> {
+        let (_, sessions) = self.list_children(&Key::Uploads.path()).await?;
+        let store = self.clone();
+        let states: Vec<Option<UploadState>> = futures::stream::iter(sessions)
+            .map(move |id| {
+                let store = store.clone();
+                async move { store.get_json(&Key::UploadState(&id).path()).await }
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        Ok(states
+            .into_iter()
+            .flatten()
+            .filter(|s| belongs(&s.repository))
+            .map(|s| s.size)
+            .sum())
     }
 
     pub async fn start_upload(
@@ -391,7 +349,6 @@ impl Store {
         for part in parts {
             self.delete(&part).await?;
         }
-        self.uploads.forget(id);
         Ok(())
     }
 }

@@ -9,3 +9,4 @@ mod registry;
 
 mod auth;
 mod metrics;
+mod quotas;

@@ -68,4 +68,5 @@ storage_suite! {
     concurrent_tag_pushes_leave_exactly_one_whole_manifest,
     large_blob_streams_out_with_the_right_digest,
     requests_for_unknown_upload_sessions_leave_no_locks,
+    concurrent_creates_of_one_immutable_tag_leave_exactly_one_winner,
 }

@@ -177,7 +177,7 @@ async fn push_image(
     };
     let extra: Vec<Tag> = extra_tags.iter().map(|t| tag(t)).collect();
     let digest = store
-        .put_manifest(repo, &reference, &extra, bytes.clone(), &manifest)
+        .put_manifest(repo, &reference, &extra, bytes.clone(), &manifest, &[])
         .await
         .expect("put manifest");
     assert_eq!(digest, sha256(&bytes));
@@ -772,7 +772,7 @@ pub async fn manifest_with_missing_blobs_is_rejected_and_stores_nothing(store: S
             (store.clone(), r.clone(), bytes.clone(), manifest.clone());
         async move {
             store
-                .put_manifest(&r, &reference, &[tag("also")], bytes, &manifest)
+                .put_manifest(&r, &reference, &[tag("also")], bytes, &manifest, &[])
                 .await
         }
     };
@@ -831,6 +831,7 @@ pub async fn manifest_with_missing_blobs_is_rejected_and_stores_nothing(store: S
             &[],
             index.into(),
             &parsed,
+            &[],
         )
         .await
         .unwrap_err();
@@ -923,6 +924,7 @@ pub async fn manifest_pushed_by_a_wrong_digest_is_refused(store: Store) {
             &[],
             bytes.clone(),
             &manifest,
+            &[],
         )
         .await
         .unwrap_err();
@@ -1132,6 +1134,7 @@ pub async fn referrers_index_lists_manifests_with_a_subject(store: Store) {
             &[],
             sbom_bytes.clone(),
             &sbom,
+            &[],
         )
         .await
         .unwrap();
@@ -1144,6 +1147,7 @@ pub async fn referrers_index_lists_manifests_with_a_subject(store: Store) {
             &[],
             other_bytes.clone(),
             &other,
+            &[],
         )
         .await
         .unwrap();
@@ -1215,6 +1219,7 @@ pub async fn concurrent_tag_pushes_leave_exactly_one_whole_manifest(store: Store
             &[],
             first,
             &first_manifest,
+            &[],
         )
         .await
         .unwrap();
@@ -1260,7 +1265,7 @@ pub async fn concurrent_tag_pushes_leave_exactly_one_whole_manifest(store: Store
                 let expected = sha256(&bytes);
                 let push = tokio::spawn(async move {
                     store
-                        .put_manifest(&r, &Reference::Tag(latest), &[], bytes, &manifest)
+                        .put_manifest(&r, &Reference::Tag(latest), &[], bytes, &manifest, &[])
                         .await
                         .unwrap()
                 });
@@ -1396,4 +1401,60 @@ pub async fn requests_for_unknown_upload_sessions_leave_no_locks(store: Store) {
         .await
         .unwrap();
     assert_eq!(store.upload_locks_held(), 0);
+}
+
+/// An immutable tag is written create-only: of 50 concurrent pushes of one new tag
+/// with different manifests exactly one lands, the tag holds it, and pushing that same
+/// manifest again is accepted.
+pub async fn concurrent_creates_of_one_immutable_tag_leave_exactly_one_winner(store: Store) {
+    let r = repo("race/immutable");
+    let release = tag("v1.0.0");
+    let config = push_blob(&store, &r, CONFIG, b"{}").await;
+    let pushes: Vec<_> = (0..50)
+        .map(|n| {
+            let (bytes, manifest) = image_manifest(&config, &[], None, None, &format!("push {n}"));
+            let (store, r, release) = (store.clone(), r.clone(), release.clone());
+            tokio::spawn(async move {
+                let result = store
+                    .put_manifest(
+                        &r,
+                        &Reference::Tag(release.clone()),
+                        &[],
+                        bytes.clone(),
+                        &manifest,
+                        std::slice::from_ref(&release),
+                    )
+                    .await;
+                (result, bytes, manifest)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for push in pushes {
+        let (result, bytes, manifest) = push.await.unwrap();
+        match result {
+            Ok(digest) => winners.push((digest, bytes, manifest)),
+            Err(StorageError::TagTaken { tag, .. }) => assert_eq!(tag, release),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one push of the release lands");
+    let (digest, bytes, manifest) = winners.pop().unwrap();
+    let tagged = store.resolve_tag(&r, &release).await.unwrap().unwrap();
+    assert_eq!(tagged.digest, digest, "the tag holds the winner's manifest");
+    let again = store
+        .put_manifest(
+            &r,
+            &Reference::Tag(release.clone()),
+            &[],
+            bytes,
+            &manifest,
+            std::slice::from_ref(&release),
+        )
+        .await;
+    assert_eq!(
+        again.unwrap(),
+        digest,
+        "the same manifest again is idempotent"
+    );
 }

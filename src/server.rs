@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::metrics::{Metrics, RequestLabels, RouteLabels, method_label};
 use crate::registry::{self, RegistryState, RouteLabel};
 
 pub fn app(state: RegistryState) -> Router {
@@ -58,7 +58,7 @@ async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
 
 async fn record(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method());
     let path_label = match request.uri().path() {
         "/healthz" => Some("healthz"),
         "/readyz" => Some("readyz"),
@@ -75,10 +75,7 @@ async fn record(State(metrics): State<Arc<Metrics>>, request: Request, next: Nex
     metrics
         .http
         .request_duration
-        .get_or_create(&RouteLabels {
-            route,
-            method: method.clone(),
-        })
+        .get_or_create(&RouteLabels { route, method })
         .observe(started.elapsed().as_secs_f64());
     metrics
         .http

@@ -19,6 +19,7 @@ pub enum ErrorCode {
     ManifestUnknown,
     NameInvalid,
     NameUnknown,
+    PaginationNumberInvalid,
     SizeInvalid,
     TagInvalid,
     Unauthorized,
@@ -40,6 +41,8 @@ impl ErrorCode {
             ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
             ErrorCode::NameInvalid => "NAME_INVALID",
             ErrorCode::NameUnknown => "NAME_UNKNOWN",
+            // Not in the OCI spec's table; CNCF distribution's code for a bad `n`.
+            ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::SizeInvalid => "SIZE_INVALID",
             ErrorCode::TagInvalid => "TAG_INVALID",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
@@ -62,6 +65,7 @@ impl ErrorCode {
             | ErrorCode::ManifestBlobUnknown
             | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid
+            | ErrorCode::PaginationNumberInvalid
             | ErrorCode::SizeInvalid
             | ErrorCode::TagInvalid => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -147,7 +151,9 @@ impl From<StorageError> for RegistryError {
                 );
             }
             StorageError::BlobUnknown(_) => ErrorCode::BlobUnknown,
-            StorageError::UploadUnknown(_) => ErrorCode::BlobUploadUnknown,
+            StorageError::UploadUnknown(_) | StorageError::UploadRestart { .. } => {
+                ErrorCode::BlobUploadUnknown
+            }
             StorageError::UploadOutOfOrder { .. } => ErrorCode::BlobUploadInvalid,
             StorageError::DigestMismatch { .. } => ErrorCode::DigestInvalid,
             StorageError::BodyRead(_) => ErrorCode::BlobUploadInvalid,

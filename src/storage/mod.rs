@@ -44,7 +44,7 @@ pub use config::ConfigError;
 pub use error::{Result, StorageError};
 pub use hasher::Hasher;
 pub use manifests::{ManifestLink, StoredManifest, TagLink};
-pub use read::{BlobBody, ByteRange};
+pub use read::{BlobBody, ByteRange, RangeError};
 pub use repositories::RepositoryUsage;
 pub use uploads::{UploadLocks, UploadState};
 

@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::metrics::{Metrics, RequestLabels, RouteLabels, method_label};
 use crate::registry::{self, RegistryState, RouteLabel};
 
 pub fn app(state: RegistryState) -> Router {
@@ -87,22 +87,6 @@ async fn record(State(metrics): State<Arc<Metrics>>, request: Request, next: Nex
         })
         .inc();
     response
-}
-
-/// The method as a metric label, from a closed set: a client inventing methods must
-/// not be able to invent metric series.
-fn method_label(method: &axum::http::Method) -> &'static str {
-    use axum::http::Method;
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    }
 }
 
 /// Serves `app` until SIGINT or SIGTERM, then finishes in-flight requests.

@@ -23,6 +23,29 @@ fn unknown(digest: &Digest, name: &RepositoryName) -> RegistryError {
     )
 }
 
+/// 416 for a `Range` that selects nothing, or that berth cannot serve, with the blob's
+/// size in `Content-Range` as RFC 9110 asks; 404 first when there is no such blob.
+async fn unsatisfiable(
+    state: &RegistryState,
+    name: &RepositoryName,
+    digest: &Digest,
+    reason: String,
+) -> RegistryError {
+    let size = match state.store.stat_blob(name, digest).await {
+        Ok(Some(stat)) => stat.size,
+        Ok(None) => return unknown(digest, name),
+        Err(e) => return e.into(),
+    };
+    RegistryError::new(
+        ErrorCode::RangeInvalid,
+        format!("{reason} (the blob has {size} bytes)"),
+    )
+    .with_header(
+        header::CONTENT_RANGE,
+        header_value(format!("bytes */{size}")),
+    )
+}
+
 pub async fn get(
     state: &RegistryState,
     name: &RepositoryName,
@@ -47,26 +70,16 @@ pub async fn get(
         return Ok(response);
     }
 
-    let range = req.header(header::RANGE).and_then(ByteRange::parse);
+    let header_range = req.header(header::RANGE);
+    let range = match header_range.map(ByteRange::parse).transpose() {
+        Ok(range) => range.flatten(),
+        Err(e) => return Err(unsatisfiable(state, name, digest, e.to_string()).await),
+    };
     let blob = match state.store.read_blob(name, digest, range).await {
         Ok(Some(blob)) => blob,
         Ok(None) => {
-            let size = state
-                .store
-                .stat_blob(name, digest)
-                .await?
-                .map_or(0, |s| s.size);
-            return Err(RegistryError::new(
-                ErrorCode::RangeInvalid,
-                format!(
-                    "range {:?} is outside blob {digest} of {size} bytes",
-                    req.header(header::RANGE)
-                ),
-            )
-            .with_header(
-                header::CONTENT_RANGE,
-                header_value(format!("bytes */{size}")),
-            ));
+            let reason = format!("range {header_range:?} selects no byte of blob {digest}");
+            return Err(unsatisfiable(state, name, digest, reason).await);
         }
         Err(crate::storage::StorageError::BlobUnknown(_)) => return Err(unknown(digest, name)),
         Err(e) => return Err(e.into()),

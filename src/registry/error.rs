@@ -19,6 +19,7 @@ pub enum ErrorCode {
     ManifestUnknown,
     NameInvalid,
     NameUnknown,
+    PaginationNumberInvalid,
     SizeInvalid,
     TagInvalid,
     Unauthorized,
@@ -41,6 +42,8 @@ impl ErrorCode {
             ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
             ErrorCode::NameInvalid => "NAME_INVALID",
             ErrorCode::NameUnknown => "NAME_UNKNOWN",
+            // Not in the OCI spec's table; CNCF distribution's code for a bad `n`.
+            ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             ErrorCode::SizeInvalid => "SIZE_INVALID",
             ErrorCode::TagInvalid => "TAG_INVALID",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
@@ -64,6 +67,7 @@ impl ErrorCode {
             | ErrorCode::ManifestBlobUnknown
             | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid
+            | ErrorCode::PaginationNumberInvalid
             | ErrorCode::SizeInvalid
             | ErrorCode::TagInvalid => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -150,7 +154,9 @@ impl From<StorageError> for RegistryError {
                 );
             }
             StorageError::BlobUnknown(_) => ErrorCode::BlobUnknown,
-            StorageError::UploadUnknown(_) => ErrorCode::BlobUploadUnknown,
+            StorageError::UploadUnknown(_) | StorageError::UploadRestart { .. } => {
+                ErrorCode::BlobUploadUnknown
+            }
             StorageError::UploadOutOfOrder { .. } => ErrorCode::BlobUploadInvalid,
             StorageError::DigestMismatch { .. } => ErrorCode::DigestInvalid,
             StorageError::BodyRead(_) => ErrorCode::BlobUploadInvalid,

@@ -5,6 +5,7 @@
 mod access;
 mod blobs;
 mod catalog;
+pub mod content_range;
 pub mod error;
 pub mod events;
 mod limits;

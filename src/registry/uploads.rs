@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, TryStreamExt};
 
+use super::content_range::ChunkRange;
 use super::error::{ErrorCode, RegistryError, Result};
 use super::{RegistryState, Request, header_value};
 use crate::oci::{Algorithm, Digest, RepositoryName};
@@ -59,49 +60,29 @@ fn body_stream(
 }
 
 /// The first byte offset from a `Content-Range: <start>-<end>` header, checked against
-/// `Content-Length` when both are present.
+/// `Content-Length` when both are present. A range berth cannot accept is a 416, as the
+/// spec asks of an out-of-order chunk.
 fn chunk_start(req: &Request) -> Result<Option<u64>> {
     let Some(value) = req.header(header::CONTENT_RANGE) else {
         return Ok(None);
     };
-    let invalid = || {
-        RegistryError::new(
-            ErrorCode::BlobUploadInvalid,
-            format!("Content-Range {value:?} must be <start>-<end> in bytes"),
-        )
-        .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+    let invalid = |message: String| {
+        RegistryError::new(ErrorCode::BlobUploadInvalid, message)
+            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
     };
-    let spec = value
-        .trim()
-        .trim_start_matches("bytes ")
-        .trim_start_matches("bytes=");
-    let (start, end) = spec.split_once('-').ok_or_else(invalid)?;
-    let start: u64 = start.trim().parse().map_err(|_| invalid())?;
-    let end: u64 = end
-        .trim()
-        .split('/')
-        .next()
-        .unwrap_or("")
-        .parse()
-        .map_err(|_| invalid())?;
-    if end < start {
-        return Err(invalid());
-    }
+    let range = ChunkRange::parse(value).map_err(|e| invalid(e.to_string()))?;
+    // hyper has already refused a Content-Length that is not a number.
     if let Some(len) = req
         .header(header::CONTENT_LENGTH)
         .and_then(|l| l.parse::<u64>().ok())
-        && len != end - start + 1
+        && len != range.len()
     {
-        return Err(RegistryError::new(
-            ErrorCode::BlobUploadInvalid,
-            format!(
-                "Content-Range {value:?} covers {} bytes but Content-Length is {len}",
-                end - start + 1
-            ),
-        )
-        .with_status(StatusCode::RANGE_NOT_SATISFIABLE));
+        return Err(invalid(format!(
+            "Content-Range {value:?} covers {} bytes but Content-Length is {len}",
+            range.len()
+        )));
     }
-    Ok(Some(start))
+    Ok(Some(range.start()))
 }
 
 pub async fn start(

@@ -23,6 +23,12 @@ pub enum StorageError {
         "chunk starts at byte {got}, but the upload has {expected} bytes: send the chunk that starts at {expected}"
     )]
     UploadOutOfOrder { expected: u64, got: u64 },
+    /// The session's saved hash state is in a format this version cannot continue (an
+    /// upgrade happened mid-upload): it has been discarded, and the client starts again.
+    #[error(
+        "upload {id} cannot be continued by this version of berth ({reason}); it was discarded: start the upload again"
+    )]
+    UploadRestart { id: String, reason: String },
     #[error("content does not match digest {expected}: it hashes to {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("upload body could not be read ({0}); nothing from this request was stored")]

@@ -46,7 +46,7 @@ pub use error::{Result, StorageError};
 pub use hasher::Hasher;
 pub use keyed_locks::KeyedGuard;
 pub use manifests::{ManifestLink, StoredManifest, TagLink};
-pub use read::{BlobBody, ByteRange};
+pub use read::{BlobBody, ByteRange, RangeError};
 pub use repositories::RepositoryUsage;
 pub use uploads::UploadState;
 

@@ -18,26 +18,54 @@ pub enum ByteRange {
     Suffix(u64),
 }
 
+/// A `Range: bytes=…` header berth cannot serve: answered 416 with `Content-Range:
+/// bytes */<size>`, never by silently sending the whole blob.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    #[error("range {0:?} is not <start>-<end>, <start>- or -<length> in decimal bytes")]
+    Malformed(String),
+    #[error("range {0:?} asks for several ranges; only one is supported")]
+    MultiRange(String),
+    #[error("range {0:?} has a position beyond any possible blob size")]
+    TooLarge(String),
+}
+
+/// A decimal byte position: digits only (no sign, no spaces inside), at most `u64::MAX`.
+fn position(digits: &str, header: &str) -> Result<u64, RangeError> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RangeError::Malformed(header.to_string()));
+    }
+    digits
+        .parse()
+        .map_err(|_| RangeError::TooLarge(header.to_string()))
+}
+
 impl ByteRange {
-    /// Parses a single-range `bytes=` header value. Multi-range requests are not supported.
-    pub fn parse(header: &str) -> Option<Self> {
-        let spec = header.trim().strip_prefix("bytes=")?;
+    /// Parses a `Range` header. A unit other than `bytes` is ignored as RFC 9110 allows
+    /// (`Ok(None)`: the whole blob is served); a `bytes=` value berth cannot serve is an
+    /// error, so a client never takes a full body for the part it asked for.
+    pub fn parse(header: &str) -> Result<Option<Self>, RangeError> {
+        let Some(spec) = header.trim().strip_prefix("bytes=") else {
+            return Ok(None);
+        };
         if spec.contains(',') {
-            return None;
+            return Err(RangeError::MultiRange(header.to_string()));
         }
-        let (a, b) = spec.split_once('-')?;
+        let (a, b) = spec
+            .split_once('-')
+            .ok_or_else(|| RangeError::Malformed(header.to_string()))?;
         let (a, b) = (a.trim(), b.trim());
         if a.is_empty() {
-            return b.parse().ok().map(ByteRange::Suffix);
+            return Ok(Some(ByteRange::Suffix(position(b, header)?)));
         }
-        let start = a.parse().ok()?;
+        let start = position(a, header)?;
         let end = if b.is_empty() {
             None
         } else {
-            Some(b.parse().ok()?)
+            Some(position(b, header)?)
         };
         // An end before the start is well-formed but selects nothing: `resolve` answers 416.
-        Some(ByteRange::From { start, end })
+        Ok(Some(ByteRange::From { start, end }))
     }
 
     /// The half-open range this selects in an object of `size` bytes, or `None` when
@@ -48,11 +76,27 @@ impl ByteRange {
                 if start >= size || end.is_some_and(|e| e < start) {
                     return None;
                 }
-                let end = end.map_or(size, |e| (e + 1).min(size));
+                // `start < size` here, so `size - 1` cannot wrap, and clamping the end
+                // first keeps `+ 1` from overflowing on `bytes=0-18446744073709551615`.
+                let end = end.map_or(size, |e| e.min(size - 1) + 1);
                 Some(start..end)
             }
             ByteRange::Suffix(0) => None,
             ByteRange::Suffix(n) => Some(size.saturating_sub(n)..size),
+        }
+    }
+}
+
+impl std::fmt::Display for ByteRange {
+    /// The header value this range was parsed from, in canonical form.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ByteRange::From { start, end: None } => write!(f, "bytes={start}-"),
+            ByteRange::From {
+                start,
+                end: Some(end),
+            } => write!(f, "bytes={start}-{end}"),
+            ByteRange::Suffix(n) => write!(f, "bytes=-{n}"),
         }
     }
 }
@@ -163,25 +207,82 @@ fn tokio_stream_from(
 mod tests {
     use super::*;
 
+    fn parse(header: &str) -> ByteRange {
+        ByteRange::parse(header).unwrap().unwrap()
+    }
+
     #[test]
     fn parses_and_resolves_ranges() {
-        let r = ByteRange::parse("bytes=0-9").unwrap();
-        assert_eq!(r.resolve(100), Some(0..10));
+        assert_eq!(parse("bytes=0-9").resolve(100), Some(0..10));
+        assert_eq!(parse("bytes=90-").resolve(100), Some(90..100));
+        assert_eq!(parse("bytes=-10").resolve(100), Some(90..100));
+        assert_eq!(parse("bytes=-1000").resolve(100), Some(0..100));
+        assert_eq!(parse("bytes=50-500").resolve(100), Some(50..100));
+        assert_eq!(parse("bytes=100-").resolve(100), None);
+        assert_eq!(parse("bytes=500-0").resolve(1000), None);
+        assert_eq!(parse("bytes=-0").resolve(1000), None);
+    }
+
+    #[test]
+    fn other_units_are_ignored_as_rfc_9110_allows() {
+        assert_eq!(ByteRange::parse("items=0-1"), Ok(None));
+    }
+
+    #[test]
+    fn unservable_byte_ranges_are_errors_not_a_full_body() {
+        for bad in [
+            "bytes=0-1,3-4",
+            "bytes=",
+            "bytes=-",
+            "bytes=abc-",
+            "bytes=+1-2",
+            "bytes=1-+2",
+        ] {
+            assert!(ByteRange::parse(bad).is_err(), "{bad}");
+        }
         assert_eq!(
-            ByteRange::parse("bytes=90-").unwrap().resolve(100),
-            Some(90..100)
+            ByteRange::parse("bytes=18446744073709551616-"),
+            Err(RangeError::TooLarge("bytes=18446744073709551616-".into()))
+        );
+        assert!(matches!(
+            ByteRange::parse("bytes=-99999999999999999999999"),
+            Err(RangeError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn extreme_positions_resolve_without_overflow() {
+        let max = u64::MAX;
+        assert_eq!(parse(&format!("bytes=0-{max}")).resolve(10), Some(0..10));
+        assert_eq!(parse(&format!("bytes={max}-{max}")).resolve(10), None);
+        assert_eq!(parse(&format!("bytes={max}-")).resolve(max), None);
+        assert_eq!(parse(&format!("bytes=-{max}")).resolve(10), Some(0..10));
+        assert_eq!(
+            parse(&format!("bytes=0-{max}")).resolve(max),
+            Some(0..max),
+            "the largest possible blob is served whole"
         );
         assert_eq!(
-            ByteRange::parse("bytes=-10").unwrap().resolve(100),
-            Some(90..100)
+            parse("bytes=0-0").resolve(0),
+            None,
+            "an empty blob has no byte 0"
         );
-        assert_eq!(
-            ByteRange::parse("bytes=50-500").unwrap().resolve(100),
-            Some(50..100)
-        );
-        assert_eq!(ByteRange::parse("bytes=100-").unwrap().resolve(100), None);
-        assert_eq!(ByteRange::parse("bytes=500-0").unwrap().resolve(1000), None);
-        assert!(ByteRange::parse("bytes=0-1,3-4").is_none());
-        assert!(ByteRange::parse("items=0-1").is_none());
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for r in [
+            ByteRange::From {
+                start: 3,
+                end: None,
+            },
+            ByteRange::From {
+                start: 3,
+                end: Some(9),
+            },
+            ByteRange::Suffix(7),
+        ] {
+            assert_eq!(parse(&r.to_string()), r);
+        }
     }
 }

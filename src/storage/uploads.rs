@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Store;
 use super::error::{Result, StorageError};
-use super::hasher::Hasher;
+use super::hasher::{HashStateError, Hasher};
+use super::keyed_locks::KeyedGuard;
 use super::layout::Key;
 use crate::oci::{Algorithm, Digest, RepositoryName};
 
@@ -56,11 +57,6 @@ pub fn valid_upload_id(id: &str) -> bool {
 }
 
 impl Store {
-    /// Upload sessions with a lock entry now: only those a request holds or awaits.
-    pub fn upload_locks_held(&self) -> usize {
-        self.uploads.held()
-    }
-
     /// Bytes received by the unfinished upload sessions of the repositories for which
     /// `belongs` holds (by name): they count against byte quotas before they commit.
     pub async fn bytes_in_uploads(&self, belongs: impl Fn(&str) -> bool) -> Result<u64> {
@@ -101,6 +97,19 @@ impl Store {
         Ok(state)
     }
 
+    /// Locks session `id` of `repo` once it is seen to exist, so made-up ids never
+    /// reach the lock map. Callers read the state again under the lock: it may have
+    /// moved on, or ended, while this waited.
+    async fn lock_existing(&self, repo: &RepositoryName, id: &str) -> Result<KeyedGuard> {
+        self.upload_status(repo, id).await?;
+        Ok(self.uploads.lock(id).await)
+    }
+
+    /// Sessions a request of this process is holding or waiting for.
+    pub fn uploads_in_use(&self) -> usize {
+        self.uploads.in_use()
+    }
+
     pub async fn upload_status(&self, repo: &RepositoryName, id: &str) -> Result<UploadState> {
         if !valid_upload_id(id) {
             return Err(StorageError::UploadUnknown(id.to_string()));
@@ -128,7 +137,7 @@ impl Store {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        let _guard = self.uploads.lock(id).await;
+        let _guard = self.lock_existing(repo, id).await?;
         let mut state = self.upload_status(repo, id).await?;
         self.append_locked(&mut state, start, body).await?;
         Ok(state)
@@ -152,8 +161,23 @@ impl Store {
                 got: start,
             });
         }
-        let mut hasher = Hasher::restore(state.algorithm, &state.hash_state)
-            .map_err(|e| StorageError::corrupt(&Key::UploadState(&state.id).path(), e))?;
+        let mut hasher = match Hasher::restore(state.algorithm, &state.hash_state) {
+            Ok(hasher) => hasher,
+            Err(HashStateError::UnknownFormat(format)) => {
+                // Never guess at a state: a wrong guess would be a wrong digest.
+                self.discard_upload(&state.id).await?;
+                return Err(StorageError::UploadRestart {
+                    id: state.id.clone(),
+                    reason: format!("its hash state has format {format:?}"),
+                });
+            }
+            Err(e) => {
+                return Err(StorageError::corrupt(
+                    &Key::UploadState(&state.id).path(),
+                    e,
+                ));
+            }
+        };
         let key = Key::UploadPart(&state.id, state.size).path();
         let written = self.write_part(&key, &mut hasher, body).await?;
         if written > 0 {
@@ -184,7 +208,7 @@ impl Store {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        let _guard = self.uploads.lock(id).await;
+        let _guard = self.lock_existing(repo, id).await?;
         let mut state = self.upload_status(repo, id).await?;
         self.append_locked(&mut state, start, body).await?;
         let result = self.commit_upload(repo, &state, digest).await;
@@ -329,7 +353,7 @@ impl Store {
     }
 
     pub async fn cancel_upload(&self, repo: &RepositoryName, id: &str) -> Result<()> {
-        let _guard = self.uploads.lock(id).await;
+        let _guard = self.lock_existing(repo, id).await?;
         self.upload_status(repo, id).await?;
         self.discard_upload(id).await
     }
@@ -350,5 +374,107 @@ impl Store {
             self.delete(&part).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::keyed_locks::KeyedLocks;
+    use object_store::memory::InMemory;
+    use std::sync::Arc;
+
+    fn repo() -> RepositoryName {
+        "team/app".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn patches_to_made_up_sessions_leave_no_lock_behind() {
+        let store = Store::new(Arc::new(InMemory::new()));
+        for _ in 0..500 {
+            let id = uuid::Uuid::new_v4().to_string();
+            let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from("x"))]);
+            let result = store.append_upload(&repo(), &id, None, body).await;
+            assert!(matches!(result, Err(StorageError::UploadUnknown(_))));
+        }
+        assert_eq!(store.uploads_in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lock_entry_lasts_while_a_request_holds_or_waits_for_it() {
+        let locks = KeyedLocks::default();
+        let first = locks.lock("a").await;
+        let waiting = tokio::spawn({
+            let locks = locks.clone();
+            async move {
+                let _second = locks.lock("a").await;
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(locks.is_busy("a"));
+        drop(first);
+        waiting.await.unwrap();
+        assert_eq!(locks.in_use(), 0);
+
+        // A request cancelled while it waits does not leave its entry either.
+        let held = locks.lock("b").await;
+        let cancelled = tokio::spawn({
+            let locks = locks.clone();
+            async move {
+                let _never = locks.lock("b").await;
+            }
+        });
+        tokio::task::yield_now().await;
+        cancelled.abort();
+        let _ = cancelled.await;
+        assert_eq!(locks.in_use(), 1);
+        drop(held);
+        assert_eq!(locks.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_existing_session_is_locked_and_freed() {
+        let store = Store::new(Arc::new(InMemory::new()));
+        let upload = store
+            .start_upload(&repo(), Algorithm::Sha256)
+            .await
+            .unwrap();
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from("abc"))]);
+        let state = store
+            .append_upload(&repo(), &upload.id, Some(0), body)
+            .await
+            .unwrap();
+        assert_eq!(state.size, 3);
+        assert_eq!(store.uploads_in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_upload_with_a_hash_state_of_another_format_is_discarded_not_continued() {
+        let store = Store::new(Arc::new(InMemory::new()));
+        let mut upload = store
+            .start_upload(&repo(), Algorithm::Sha256)
+            .await
+            .unwrap();
+        // An unversioned state, as berths before the versioned format saved them.
+        upload.hash_state =
+            "67e6096a85ae67bb72f36e3c3af54fa57f520e518c68059babd9831f19cde05b0000000000000000"
+                .into();
+        store
+            .put_json(&Key::UploadState(&upload.id).path(), &upload)
+            .await
+            .unwrap();
+        let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from("abc"))]);
+        let result = store
+            .append_upload(&repo(), &upload.id, Some(0), body)
+            .await;
+        assert!(
+            matches!(result, Err(StorageError::UploadRestart { .. })),
+            "{result:?}"
+        );
+        assert!(matches!(
+            store.upload_status(&repo(), &upload.id).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+        assert_eq!(store.uploads_in_use(), 0);
     }
 }

@@ -1389,18 +1389,18 @@ pub async fn requests_for_unknown_upload_sessions_leave_no_locks(store: Store) {
             "{result:?}"
         );
     }
-    assert_eq!(store.upload_locks_held(), 0);
+    assert_eq!(store.uploads_in_use(), 0);
     let session = store.start_upload(&r, Algorithm::Sha256).await.unwrap();
     store
         .append_upload(&r, &session.id, None, body(b"abc"))
         .await
         .unwrap();
-    assert_eq!(store.upload_locks_held(), 0, "released after the request");
+    assert_eq!(store.uploads_in_use(), 0, "released after the request");
     store
         .finish_upload(&r, &session.id, &sha256(b"abc"), None, empty())
         .await
         .unwrap();
-    assert_eq!(store.upload_locks_held(), 0);
+    assert_eq!(store.uploads_in_use(), 0);
 }
 
 /// An immutable tag is written create-only: of 50 concurrent pushes of one new tag

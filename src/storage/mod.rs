@@ -9,6 +9,7 @@
 
 mod backend;
 mod blobs;
+pub mod budget;
 mod cache;
 pub mod config;
 mod error;
@@ -48,6 +49,9 @@ pub use read::{BlobBody, ByteRange, RangeError};
 pub use repositories::RepositoryUsage;
 pub use uploads::{UploadLocks, UploadState};
 
+use budget::{
+    BudgetTooSmall, DEFAULT_UPLOAD_BUFFER, LOCAL_WORKING_SET, REMOTE_WORKING_SET, UploadBudget,
+};
 use cache::ManifestCache;
 use local::LocalDir;
 
@@ -59,6 +63,8 @@ pub struct Store {
     local: Option<LocalDir>,
     uploads: UploadLocks,
     manifests: ManifestCache,
+    /// Memory upload bodies may hold, shared by every clone of this store.
+    upload_budget: UploadBudget,
 }
 
 impl Store {
@@ -69,6 +75,28 @@ impl Store {
             local: None,
             uploads: UploadLocks::default(),
             manifests: ManifestCache::default(),
+            upload_budget: UploadBudget::new(DEFAULT_UPLOAD_BUFFER, REMOTE_WORKING_SET)
+                .expect("the default budget holds an upload"),
+        }
+    }
+
+    /// Caps the memory that in-flight upload bodies hold at `bytes` (see `budget.rs`);
+    /// refused when one upload on this storage would not fit.
+    pub fn with_upload_buffer(mut self, bytes: usize) -> Result<Self, BudgetTooSmall> {
+        self.upload_budget = UploadBudget::new(bytes, self.upload_working_set())?;
+        Ok(self)
+    }
+
+    pub fn upload_budget(&self) -> &UploadBudget {
+        &self.upload_budget
+    }
+
+    /// The memory one part write holds on this store's kind of storage.
+    fn upload_working_set(&self) -> usize {
+        if self.local.is_some() {
+            LOCAL_WORKING_SET
+        } else {
+            REMOTE_WORKING_SET
         }
     }
 

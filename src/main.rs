@@ -106,6 +106,25 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     std::time::Duration::try_from(parsed).map_err(|_| format!("{text:?} must be positive"))
 }
 
+/// A byte count such as `536870912`, `512MiB` or `2GiB`.
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let (digits, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unit {other:?} is not one of B, KiB, MiB, GiB")),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?} is not a byte count like 512MiB"))
+}
+
 #[derive(clap::Args)]
 struct RegistryArgs {
     /// Address and port to listen on.
@@ -145,6 +164,12 @@ struct RegistryArgs {
     /// went away). Checked at start and every hour; 0s turns it off.
     #[arg(long, default_value = "168h", value_parser = parse_duration, env = "BERTH_UPLOAD_EXPIRY")]
     upload_expiry: std::time::Duration,
+
+    /// Memory that upload bodies in flight may hold, all uploads together: bytes, or
+    /// with a KiB, MiB or GiB suffix. Each part write reserves its buffers before it
+    /// starts (2 MiB on a directory, 26 MiB on S3); past the cap, uploads wait their turn.
+    #[arg(long, default_value = "512MiB", value_parser = parse_bytes, env = "BERTH_MAX_UPLOAD_BUFFER")]
+    max_upload_buffer: usize,
 
     /// A host name (`host[:port]`) under which workloads name this registry in their images,
     /// e.g. `registry.example.com` or `berth.berth-system.svc:5000` (repeatable, or
@@ -321,7 +346,10 @@ struct Storage {
 
 fn open_store(args: &RegistryArgs) -> anyhow::Result<Storage> {
     let location = location(args)?;
-    let store = Store::open(&location).with_context(|| format!("opening storage {location}"))?;
+    let store = Store::open(&location)
+        .with_context(|| format!("opening storage {location}"))?
+        .with_upload_buffer(args.max_upload_buffer)
+        .context("--max-upload-buffer")?;
     Ok(Storage { store, location })
 }
 
@@ -565,5 +593,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Crds(args) => crds(args),
         Command::LoginCommand(args) => login_command(args).await,
         Command::HashPassword => hash_password(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_counts_take_binary_units_and_refuse_overflow() {
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert!(parse_bytes("12MB").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+        assert!(parse_bytes("18446744073709551615GiB").is_err());
     }
 }

@@ -136,6 +136,15 @@ impl ConfigFolder {
     }
 }
 
+/// What one file's text declares, checked as [`ConfigFolder::load`] checks a folder:
+/// every document parsed, every problem an error, nothing a panic.
+pub fn load_text(file: &str, text: &str) -> LoadedResources {
+    let mut loaded = LoadedResources::default();
+    load_file(file, text, &mut loaded);
+    check_references(&mut loaded);
+    loaded
+}
+
 /// How often the folder is checked for changes.
 const POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -186,9 +195,11 @@ fn load_file(file: &str, text: &str, loaded: &mut LoadedResources) {
                 loaded.errors.push(FolderError {
                     file: file.into(),
                     resource: format!("document {}", index + 1),
-                    message: format!("not valid YAML: {e}"),
+                    message: format!("not valid YAML, so the rest of the file is not read: {e}"),
                 });
-                continue;
+                // serde_yaml's document iterator yields the same error for ever once the
+                // parser fails: reading on would fill memory with copies of this error.
+                break;
             }
         };
         let header: Header = serde_yaml::from_value(value.clone()).unwrap_or(Header {
@@ -334,6 +345,20 @@ fn check_references(loaded: &mut LoadedResources) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_syntax_error_is_reported_once_and_ends_the_file() {
+        for text in ["\"unterminated", "a: b\n---\nkind: [", "key: *undefined"] {
+            let loaded = load_text("bad.yaml", text);
+            let syntax: Vec<_> = loaded
+                .errors
+                .iter()
+                .filter(|e| e.message.contains("not valid YAML"))
+                .collect();
+            assert_eq!(syntax.len(), 1, "{text:?}: {:?}", loaded.errors);
+            assert_eq!(Some(syntax[0]), loaded.errors.last());
+        }
+    }
 
     fn load(text: &str) -> LoadedResources {
         let mut loaded = LoadedResources::default();

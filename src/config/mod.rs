@@ -5,7 +5,7 @@
 mod folder;
 pub mod user_secrets;
 
-pub use folder::{ConfigFolder, FolderError, LoadedResources, watch_folder};
+pub use folder::{ConfigFolder, FolderError, LoadedResources, load_text, watch_folder};
 
 use crate::api::{Namespace, Repository};
 use crate::policy::{NamespacePolicy, RepositoryPolicy, Snapshot};

@@ -75,7 +75,7 @@ async fn usage(
         .store
         .bytes_in_uploads(|r| repos.iter().any(|x| x.as_str() == r))
         .await?;
-    Ok((bytes + in_sessions, tags))
+    Ok((bytes.saturating_add(in_sessions), tags))
 }
 
 /// The bytes `repo` may still take before some byte quota is full; `None` without one.
@@ -164,7 +164,7 @@ async fn check_quota(
         }
         let (used_bytes, used_tags) = usage(state, scope, repo).await?;
         if let Some(max) = limits_bytes
-            && used_bytes + bytes > max.max(0) as u64
+            && used_bytes.saturating_add(bytes) > max.max(0) as u64
         {
             return Err(denied(format!(
                 "quota exceeded: {} holds {used_bytes} bytes and this push adds {bytes}, over its quota of {max} bytes (spec.quota.maxBytes)",
@@ -172,7 +172,7 @@ async fn check_quota(
             )));
         }
         if let Some(max) = limits_tags
-            && used_tags + tags > max.max(0) as u64
+            && used_tags.saturating_add(tags) > max.max(0) as u64
         {
             return Err(denied(format!(
                 "quota exceeded: {} holds {used_tags} tags and this push adds {tags}, over its quota of {max} tags (spec.quota.maxTags)",

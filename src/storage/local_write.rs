@@ -27,6 +27,8 @@ use super::hasher::Hasher;
 /// Bytes per hand-off: large enough that the cost of starting two blocking tasks is noise
 /// next to hashing and writing it (about 1 ms), small enough to stay in cache.
 const BATCH_BYTES: usize = 1 << 20;
+/// The most one writer holds: the batch filling and the one being hashed and written.
+pub(super) const WORKING_SET: usize = 2 * BATCH_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalWriteError {

@@ -9,6 +9,7 @@
 
 mod backend;
 mod blobs;
+pub mod budget;
 mod cache;
 pub mod config;
 mod error;
@@ -50,6 +51,9 @@ pub use read::{BlobBody, ByteRange, RangeError};
 pub use repositories::RepositoryUsage;
 pub use uploads::UploadState;
 
+use budget::{
+    BudgetTooSmall, DEFAULT_UPLOAD_BUFFER, LOCAL_WORKING_SET, REMOTE_WORKING_SET, UploadBudget,
+};
 use cache::ManifestCache;
 use keyed_locks::KeyedLocks;
 use local::LocalDir;
@@ -65,6 +69,8 @@ pub struct Store {
     /// One lock per tag-writing scope (see [`Store::lock_tags`]).
     tags: KeyedLocks,
     manifests: ManifestCache,
+    /// Memory upload bodies may hold, shared by every clone of this store.
+    upload_budget: UploadBudget,
 }
 
 impl Store {
@@ -76,6 +82,28 @@ impl Store {
             uploads: KeyedLocks::default(),
             tags: KeyedLocks::default(),
             manifests: ManifestCache::default(),
+            upload_budget: UploadBudget::new(DEFAULT_UPLOAD_BUFFER, REMOTE_WORKING_SET)
+                .expect("the default budget holds an upload"),
+        }
+    }
+
+    /// Caps the memory that in-flight upload bodies hold at `bytes` (see `budget.rs`);
+    /// refused when one upload on this storage would not fit.
+    pub fn with_upload_buffer(mut self, bytes: usize) -> Result<Self, BudgetTooSmall> {
+        self.upload_budget = UploadBudget::new(bytes, self.upload_working_set())?;
+        Ok(self)
+    }
+
+    pub fn upload_budget(&self) -> &UploadBudget {
+        &self.upload_budget
+    }
+
+    /// The memory one part write holds on this store's kind of storage.
+    fn upload_working_set(&self) -> usize {
+        if self.local.is_some() {
+            LOCAL_WORKING_SET
+        } else {
+            REMOTE_WORKING_SET
         }
     }
 

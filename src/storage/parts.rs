@@ -59,6 +59,8 @@ impl Store {
                 Some(Err(e)) => return Err(StorageError::BodyRead(e.to_string())),
             }
         };
+        // Reserved before any buffer is allocated, held until the part is written.
+        let _memory = self.upload_budget.reserve(self.upload_working_set()).await;
         let (written, hashed) = match &self.local {
             Some(local) => write_local(local, key, hasher.clone(), first, body).await?,
             None => self.write_remote(key, hasher.clone(), first, body).await?,

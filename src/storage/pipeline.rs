@@ -18,6 +18,8 @@ use super::hasher::Hasher;
 /// Bytes per hand-off: large enough that the cost of a blocking task (a few µs) is noise
 /// next to hashing it (about 0.6 ms with SHA-NI), small enough to keep the pipe full.
 const BATCH_BYTES: usize = 1 << 20;
+/// About the most the pipeline keeps alive: a batch filling and one being hashed.
+pub(super) const WORKING_SET: usize = 2 * BATCH_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashTaskFailed {

@@ -81,7 +81,9 @@ impl ByteRange {
                 let end = end.map_or(size, |e| e.min(size - 1) + 1);
                 Some(start..end)
             }
+            // No byte to select: a zero-length suffix, or an empty blob.
             ByteRange::Suffix(0) => None,
+            ByteRange::Suffix(_) if size == 0 => None,
             ByteRange::Suffix(n) => Some(size.saturating_sub(n)..size),
         }
     }

@@ -298,6 +298,7 @@ impl Store {
         parts: &[Part],
         dest: &Path,
     ) -> Result<()> {
+        let _memory = self.upload_budget.reserve(self.upload_working_set()).await;
         let upload = self
             .os_put_multipart(dest)
             .await

@@ -49,6 +49,26 @@ fn scope_for(repo: &RepositoryName, action: Action) -> String {
     format!("repository:{repo}:{actions}")
 }
 
+/// The source of a cross-repository mount (`POST …/uploads/?mount=…&from=…`).
+fn mount_source(route: &Route, req: &Request) -> Option<RepositoryName> {
+    match route {
+        Route::Uploads(_) if req.method == Method::POST && req.query("mount").is_some() => {
+            req.query("from")?.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// Every scope the request needs, space-separated as distribution's challenges list
+/// them: a mount also reads its source, so a client asks one token for both.
+fn challenge_scope(route: &Route, req: &Request, repo: &RepositoryName, action: Action) -> String {
+    let scope = scope_for(repo, action);
+    match mount_source(route, req) {
+        Some(from) if &from != repo => format!("{scope} {}", scope_for(&from, Action::Pull)),
+        _ => scope,
+    }
+}
+
 fn unauthorized(
     state: &RegistryState,
     headers: &HeaderMap,
@@ -93,7 +113,7 @@ pub async fn admit(state: &RegistryState, route: &Route, req: &Request) -> Resul
                 return Err(slow_down(e.to_string(), wait));
             }
             let scope = match need(route, &req.method) {
-                Need::Repository(repo, action) => Some(scope_for(repo, action)),
+                Need::Repository(repo, action) => Some(challenge_scope(route, req, repo, action)),
                 Need::Catalog => Some("registry:catalog:*".to_string()),
                 Need::SignedIn => None,
             };
@@ -135,7 +155,16 @@ pub async fn admit(state: &RegistryState, route: &Route, req: &Request) -> Resul
             }
         }
         Need::Repository(repo, action) => {
-            authorize(state, &snapshot, &identity, repo, action, &req.headers)?;
+            let scope = challenge_scope(route, req, repo, action);
+            authorize(
+                state,
+                &snapshot,
+                &identity,
+                repo,
+                action,
+                &scope,
+                &req.headers,
+            )?;
         }
     }
     Ok(identity)
@@ -147,9 +176,9 @@ fn authorize(
     identity: &Identity,
     repo: &RepositoryName,
     action: Action,
+    scope: &str,
     headers: &HeaderMap,
 ) -> Result<()> {
-    let scope = scope_for(repo, action);
     let live = snapshot.may(&identity.caller, repo, action, Timestamp::now());
     let token_grants = identity
         .token
@@ -163,7 +192,7 @@ fn authorize(
             .err()
             .map(|d| d.to_string())
             .unwrap_or_else(|| "authentication required".into());
-        return Err(unauthorized(state, headers, message, Some(&scope), None));
+        return Err(unauthorized(state, headers, message, Some(scope), None));
     }
     if action == Action::Push {
         // A namespace that does not exist is the more useful thing to hear about.
@@ -178,19 +207,43 @@ fn authorize(
             state,
             headers,
             format!("the token does not grant {} on {repo}", action.as_str()),
-            Some(&scope),
+            Some(scope),
             Some("insufficient_scope"),
         )),
     }
 }
 
-/// Whether the caller, with its token, may pull `repo` (the source of a mount).
-pub fn may_pull(state: &RegistryState, identity: &Identity, repo: &RepositoryName) -> bool {
-    may_list(state, identity, repo)
-        && identity
-            .token
-            .as_ref()
-            .is_none_or(|t| t.grants("repository", repo.as_str(), "pull"))
+/// Whether an admitted mount request may read its source. Never "from anywhere the
+/// blob exists", which would reveal private content: only from a named repository the
+/// caller may pull; otherwise the request becomes a plain upload, revealing nothing.
+/// A caller the policy lets pull the source, whose token was issued without that
+/// scope, is asked for a new token naming both scopes, as distribution does: clients
+/// that cache a token per repository (the conformance suite) would else never mount.
+pub fn may_mount(state: &RegistryState, route: &Route, req: &Request) -> Result<bool> {
+    let Some(from) = mount_source(route, req) else {
+        return Ok(false);
+    };
+    if !may_list(state, &req.identity, &from) {
+        return Ok(false);
+    }
+    let token_grants = req
+        .identity
+        .token
+        .as_ref()
+        .is_none_or(|t| t.grants("repository", from.as_str(), "pull"));
+    if token_grants {
+        return Ok(true);
+    }
+    let Need::Repository(repo, action) = need(route, &req.method) else {
+        return Ok(false);
+    };
+    Err(unauthorized(
+        state,
+        &req.headers,
+        format!("the token does not grant pull on {from}, the source of the mount"),
+        Some(&challenge_scope(route, req, repo, action)),
+        Some("insufficient_scope"),
+    ))
 }
 
 /// Whether `repo` shows in the caller's catalog: the policy alone decides, as a

@@ -147,16 +147,9 @@ async fn handle(
     if let Route::Uploads(_) = &route
         && req.query("mount").is_some()
         && !state.policy.current().open
+        && !access::may_mount(state, &route, &req)?
     {
-        // Mounting reads the source: only from a repository the caller may pull, and
-        // never "from anywhere the blob exists", which would reveal private content.
-        let readable = req
-            .query("from")
-            .and_then(|f| f.parse::<RepositoryName>().ok())
-            .is_some_and(|from| access::may_pull(state, &req.identity, &from));
-        if !readable {
-            req.query.retain(|(k, _)| k != "mount" && k != "from");
-        }
+        req.query.retain(|(k, _)| k != "mount" && k != "from");
     }
     let writes = matches!(req.method, Method::PUT | Method::POST | Method::PATCH);
     if writes && let Some(repo) = route.repository() {

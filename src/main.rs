@@ -223,6 +223,17 @@ struct OperatorArgs {
         env = "BERTH_SIGNING_KEY_SECRET"
     )]
     signing_key_secret: String,
+
+    /// The audiences a ServiceAccount token must be issued for to sign in (comma-separated):
+    /// Pods project one with a `serviceAccountToken` volume of that `audience`. A token
+    /// for another audience (the apiserver's own, say) is refused.
+    #[arg(
+        long,
+        default_value = berth::auth::service_accounts::DEFAULT_AUDIENCE,
+        value_delimiter = ',',
+        env = "BERTH_SERVICE_ACCOUNT_AUDIENCE"
+    )]
+    service_account_audience: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -443,7 +454,10 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         users,
         key,
         args.registry.auth_settings(),
-        Some(ServiceAccountReviewer::new(client)),
+        Some(ServiceAccountReviewer::new(
+            Arc::new(controller::token_review::ApiTokenReviews::new(client)),
+            args.service_account_audience.clone(),
+        )),
     );
     tokio::spawn(controller::run_operator(ctx, election));
     serve_registry(

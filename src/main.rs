@@ -445,6 +445,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         users.clone(),
         controller::pull_secrets::PullSecrets {
             client: client.clone(),
+            namespace: args.namespace.clone(),
             key: key.clone(),
             // The first --registry-host the user named: how kubelets reach the registry.
             registry_host: args.registry.registry_hosts.first().cloned(),

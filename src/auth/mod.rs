@@ -7,6 +7,7 @@ pub mod challenge;
 pub mod credentials;
 pub mod key;
 pub mod login_command;
+pub mod pull_credential;
 pub mod scope;
 pub mod service_accounts;
 pub mod token;

@@ -227,7 +227,9 @@ fn claims_for(
         Caller::User { name, .. } if name.starts_with("system:serviceaccount:") => {
             (name.clone(), Subject::ServiceAccount, None)
         }
-        Caller::User { name, .. } => (
+        // A pull-only caller's token grants only what was allowed: pulls. It gets no
+        // refresh token (that is for `Caller::User`), so it cannot outlive its credential much.
+        Caller::User { name, .. } | Caller::PullOnly { name, .. } => (
             name.clone(),
             Subject::User,
             state

@@ -73,6 +73,8 @@ pub enum AuthError {
     MalformedHeader,
     #[error("ServiceAccount token refused: {0}")]
     ServiceAccount(String),
+    #[error(transparent)]
+    PullCredential(#[from] pull_credential::PullCredentialError),
 }
 
 /// A caller as authenticated for one request.
@@ -191,6 +193,13 @@ impl Auth {
         let found = directory
             .get(user)
             .ok_or_else(|| AuthError::UnknownUser(user.to_string()))?;
+        if pull_credential::is_pull_credential(password) {
+            pull_credential::verify(&self.0.key, found, password, Timestamp::now())?;
+            return Ok(Caller::PullOnly {
+                name: found.name.clone(),
+                admin: found.admin,
+            });
+        }
         let verifier = &self.0.verifier;
         // argon2 is deliberately slow: keep it off the async workers, unless the
         // password was verified moments ago (every request of a Basic-auth client).

@@ -265,6 +265,17 @@ struct OperatorArgs {
         env = "BERTH_SIGNING_KEY_SECRET"
     )]
     signing_key_secret: String,
+
+    /// The audiences a ServiceAccount token must be issued for to sign in (comma-separated):
+    /// Pods project one with a `serviceAccountToken` volume of that `audience`. A token
+    /// for another audience (the apiserver's own, say) is refused.
+    #[arg(
+        long,
+        default_value = berth::auth::service_accounts::DEFAULT_AUDIENCE,
+        value_delimiter = ',',
+        env = "BERTH_SERVICE_ACCOUNT_AUDIENCE"
+    )]
+    service_account_audience: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -480,6 +491,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         users.clone(),
         controller::pull_secrets::PullSecrets {
             client: client.clone(),
+            namespace: args.namespace.clone(),
             key: key.clone(),
             // The first --registry-host the user named: how kubelets reach the registry.
             registry_host: args.registry.registry_hosts.first().cloned(),
@@ -489,7 +501,10 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         users,
         key,
         args.registry.auth_settings(),
-        Some(ServiceAccountReviewer::new(client)),
+        Some(ServiceAccountReviewer::new(
+            Arc::new(controller::token_review::ApiTokenReviews::new(client)),
+            args.service_account_audience.clone(),
+        )),
         metrics.password_checks.clone(),
     );
     tokio::spawn(controller::run_operator(ctx, election));

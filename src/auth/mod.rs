@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod key;
 pub mod login_command;
 pub mod passwords;
+pub mod pull_credential;
 pub mod scope;
 pub mod service_accounts;
 pub mod throttle;
@@ -107,6 +108,8 @@ pub enum AuthError {
     Throttled { retry_after: Duration },
     #[error(transparent)]
     Busy(#[from] Busy),
+    #[error(transparent)]
+    PullCredential(#[from] pull_credential::PullCredentialError),
 }
 
 impl AuthError {
@@ -286,6 +289,18 @@ impl Auth {
         }
         let directory = self.0.users.current();
         let found = directory.get(user);
+        if pull_credential::is_pull_credential(password) {
+            // A pull Secret's credential: a MAC, and it grants pulls only.
+            let found = found.ok_or(AuthError::BadCredentials)?;
+            pull_credential::verify(&self.0.key, found, password, Timestamp::now())?;
+            return Ok(SignedIn {
+                caller: Caller::PullOnly {
+                    name: found.name.clone(),
+                    admin: found.admin,
+                },
+                until: None,
+            });
+        }
         if credentials::is_derived(password) {
             // A MAC: cheap, never throttled, and as fast for an unknown user.
             let found = found.ok_or(AuthError::BadCredentials)?;

@@ -9,6 +9,7 @@ use super::user_secrets::{is_user_secret, user_from_secret};
 use crate::api::{AgingRule, Namespace, Repository, SyncRule, Trigger};
 use crate::auth::users::{Directory, User, Users};
 use crate::oci::RepositoryName;
+use crate::policy::Broken;
 
 /// One problem with one resource, located precisely enough to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +32,8 @@ pub struct LoadedResources {
     /// Users: `v1` Secrets labelled `berth.dev/user`, as in a cluster.
     pub users: Vec<User>,
     pub errors: Vec<FolderError>,
+    /// What the errors were about, so that it fails closed rather than disappears.
+    pub broken: Broken,
 }
 
 #[derive(Deserialize)]
@@ -117,6 +120,7 @@ impl ConfigFolder {
                     resource: "-".into(),
                     message: format!("cannot read the config folder: {e}"),
                 });
+                loaded.broken.unattributed = true;
                 return loaded;
             }
         };
@@ -124,11 +128,14 @@ impl ConfigFolder {
             let shown = file.display().to_string();
             match std::fs::read_to_string(&file) {
                 Ok(text) => load_file(&shown, &text, &mut loaded),
-                Err(e) => loaded.errors.push(FolderError {
-                    file: shown,
-                    resource: "-".into(),
-                    message: format!("cannot read: {e}"),
-                }),
+                Err(e) => {
+                    loaded.errors.push(FolderError {
+                        file: shown,
+                        resource: "-".into(),
+                        message: format!("cannot read: {e}"),
+                    });
+                    loaded.broken.unattributed = true;
+                }
             }
         }
         check_references(&mut loaded);
@@ -149,8 +156,8 @@ pub fn load_text(file: &str, text: &str) -> LoadedResources {
 const POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Loads the folder into `policy` now and again whenever its files change, logging every
-/// problem with its file, resource and field. Invalid resources are left out; the
-/// valid ones still apply.
+/// problem with its file, resource and field. The valid resources apply; an invalid
+/// Namespace or Repository keeps its last valid version, or denies if it never had one.
 pub async fn watch_folder(folder: ConfigFolder, policy: crate::policy::Policy, users: Users) {
     let mut applied: Option<String> = None;
     loop {
@@ -167,7 +174,21 @@ pub async fn watch_folder(folder: ConfigFolder, policy: crate::policy::Policy, u
                 tracing::error!(%error, "invalid configuration");
                 eprintln!("berth: invalid configuration: {error}");
             }
-            policy.replace(super::snapshot(&loaded.namespaces, &loaded.repositories));
+            let (snapshot, broken) = super::snapshot_failing_closed(
+                &loaded.namespaces,
+                &loaded.repositories,
+                loaded.broken.clone(),
+                &policy.current(),
+            );
+            if !broken.is_empty() {
+                tracing::warn!(
+                    namespaces = ?broken.namespaces,
+                    repositories = ?broken.repositories,
+                    unattributed = broken.unattributed,
+                    "invalid declarations fail closed: each keeps its last valid version, or denies everyone but administrators and namespace members"
+                );
+            }
+            policy.replace(snapshot);
             users.replace(Directory::new(loaded.users.iter().cloned()));
             tracing::info!(
                 dir = %folder.dir().display(),
@@ -197,8 +218,9 @@ fn load_file(file: &str, text: &str, loaded: &mut LoadedResources) {
                     resource: format!("document {}", index + 1),
                     message: format!("not valid YAML, so the rest of the file is not read: {e}"),
                 });
-                // serde_yaml's document iterator yields the same error for ever once the
-                // parser fails: reading on would fill memory with copies of this error.
+                loaded.broken.unattributed = true;
+                // The parser cannot resynchronise after a syntax error (it would report
+                // the same error forever): the rest of the file is lost with it.
                 break;
             }
         };
@@ -214,12 +236,38 @@ fn load_file(file: &str, text: &str, loaded: &mut LoadedResources) {
         } else {
             format!("{kind}/{name}")
         };
+        // The name a broken declaration would take effect under, if it says.
+        let spec_field = |field: &str| {
+            value
+                .get("spec")
+                .and_then(|spec| spec.get(field))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let declared_repository = match (spec_field("namespace"), spec_field("name")) {
+            (Some(ns), Some(path)) => format!("{ns}/{path}").parse::<RepositoryName>().ok(),
+            _ => None,
+        };
+        let broken_name = match kind.as_str() {
+            "Namespace" if registry_component_ok(&name) => Some((true, name.clone())),
+            "Namespace" => None, // no repository can live under an invalid name
+            "Repository" => declared_repository.map(|r| (false, r.to_string())),
+            _ => None,
+        };
+        let is_berths = api_version_is_berths(header.api_version.as_deref());
         let mut error = |message: String| {
             loaded.errors.push(FolderError {
                 file: file.into(),
                 resource: resource.clone(),
                 message,
-            })
+            });
+            match &broken_name {
+                Some((true, n)) => loaded.broken.namespaces.push(n.clone()),
+                Some((false, r)) => loaded.broken.repositories.push(r.clone()),
+                // It may be anything, a Repository among others: keep what went missing.
+                None if is_berths => loaded.broken.unattributed = true,
+                None => {}
+            }
         };
         let api_version = header.api_version.clone().unwrap_or_default();
         if api_version == "v1" && kind == "Secret" {
@@ -265,7 +313,10 @@ fn load_file(file: &str, text: &str, loaded: &mut LoadedResources) {
                 if let Some(r) = parse!(Repository) {
                     let full = format!("{}/{}", r.spec.namespace, r.spec.name);
                     match full.parse::<RepositoryName>() {
-                        Ok(_) => loaded.repositories.push(r),
+                        Ok(_) => match super::validate_repository(&r) {
+                            Ok(()) => loaded.repositories.push(r),
+                            Err(e) => error(e.to_string()),
+                        },
                         Err(e) => error(format!("spec.namespace/spec.name: {e}")),
                     }
                 }
@@ -294,6 +345,12 @@ fn load_file(file: &str, text: &str, loaded: &mut LoadedResources) {
             )),
         }
     }
+}
+
+/// Whether a document is (or may be meant as) one of berth's: a missing apiVersion or
+/// any `berth.dev/…` version. Other documents are not ours and cannot widen access.
+fn api_version_is_berths(api_version: Option<&str>) -> bool {
+    api_version.is_none_or(|v| v.is_empty() || v.starts_with("berth.dev/"))
 }
 
 /// A Secret is a user when labelled `berth.dev/user`; other Secrets are not berth's.
@@ -418,5 +475,48 @@ metadata: {name: w}
         assert!(messages[0].contains("secret"));
         assert!(messages[1].contains("Namespace/Bad_Name: metadata.name"));
         assert!(messages[2].contains("Widget"));
+    }
+
+    #[test]
+    fn a_broken_repository_is_named_so_that_it_fails_closed() {
+        let loaded = load(
+            r#"
+apiVersion: berth.dev/v1alpha1
+kind: Repository
+metadata: {name: pub.secret}
+spec: {namespace: pub, name: secret, visibility: nobody}
+---
+apiVersion: berth.dev/v1alpha1
+kind: Repository
+metadata: {name: pub.tags}
+spec: {namespace: pub, name: tags, immutableTags: ["v[0-9]*"]}
+---
+apiVersion: berth.dev/v1alpha1
+kind: Namespace
+metadata: {name: team}
+spec: {visibility: 7}
+"#,
+        );
+        assert_eq!(loaded.errors.len(), 3, "{:#?}", loaded.errors);
+        assert!(loaded.errors[1].message.contains("spec.immutableTags[0]"));
+        assert_eq!(
+            loaded.broken,
+            Broken {
+                namespaces: vec!["team".into()],
+                repositories: vec!["pub/secret".into(), "pub/tags".into()],
+                unattributed: false,
+            }
+        );
+        assert!(loaded.repositories.is_empty());
+    }
+
+    #[test]
+    fn a_document_that_cannot_be_attributed_keeps_what_went_missing() {
+        let loaded = load("apiVersion: berth.dev/v1alpha1\nkind: Repository\nspec: {}\n");
+        assert!(loaded.broken.unattributed);
+        let loaded = load("kind: [unclosed\n");
+        assert!(loaded.broken.unattributed);
+        let loaded = load("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n");
+        assert!(!loaded.broken.unattributed, "workloads are not berth's");
     }
 }

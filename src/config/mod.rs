@@ -8,7 +8,46 @@ pub mod user_secrets;
 pub use folder::{ConfigFolder, FolderError, LoadedResources, load_text, watch_folder};
 
 use crate::api::{Namespace, Repository};
-use crate::policy::{NamespacePolicy, RepositoryPolicy, Snapshot};
+use crate::policy::{Broken, NamespacePolicy, RepositoryPolicy, Snapshot};
+
+/// Why a Repository's spec, though well-formed, cannot be enforced as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSpec {
+    /// Enforcing it would silently protect nothing (a `[0-9]` class or a regex is never
+    /// matched by the glob), so it is refused rather than ignored.
+    #[error(
+        "spec.immutableTags[{index}]: {pattern:?} is not a tag pattern: use tag characters (letters, digits, '_', '.', '-') with the wildcards '*' and '?', at most 128 characters"
+    )]
+    ImmutableTagPattern { index: usize, pattern: String },
+}
+
+const MAX_TAG_PATTERN: usize = 128;
+
+fn tag_pattern_ok(pattern: &str) -> bool {
+    !pattern.is_empty()
+        && pattern.len() <= MAX_TAG_PATTERN
+        && pattern
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'*' | b'?'))
+}
+
+/// Checks what the CRD schema cannot: a Repository that fails here is not enforced as
+/// written, it fails closed (see [`Snapshot::failing_closed`]).
+pub fn validate_repository(repo: &Repository) -> Result<(), InvalidSpec> {
+    if let Some((index, pattern)) = repo
+        .spec
+        .immutable_tags
+        .iter()
+        .enumerate()
+        .find(|(_, p)| !tag_pattern_ok(p))
+    {
+        return Err(InvalidSpec::ImmutableTagPattern {
+            index,
+            pattern: pattern.clone(),
+        });
+    }
+    Ok(())
+}
 
 pub fn namespace_policy(ns: &Namespace) -> NamespacePolicy {
     NamespacePolicy {
@@ -43,13 +82,43 @@ pub fn repository_name(repo: &Repository) -> String {
 }
 
 /// The snapshot the registry enforces for these resources. Resources being deleted
-/// no longer count.
+/// no longer count; invalid Repositories are denied (see [`snapshot_failing_closed`]
+/// to keep their last valid version instead).
 pub fn snapshot<'a>(
     namespaces: impl IntoIterator<Item = &'a Namespace>,
     repositories: impl IntoIterator<Item = &'a Repository>,
 ) -> Snapshot {
+    snapshot_failing_closed(
+        namespaces,
+        repositories,
+        Broken::default(),
+        &Snapshot::default(),
+    )
+    .0
+}
+
+/// The snapshot for these resources, where the invalid Repositories and the `broken`
+/// declarations (those that could not even be parsed) keep their version from
+/// `previous` or deny. Returns what failed closed, for the log.
+pub fn snapshot_failing_closed<'a>(
+    namespaces: impl IntoIterator<Item = &'a Namespace>,
+    repositories: impl IntoIterator<Item = &'a Repository>,
+    mut broken: Broken,
+    previous: &Snapshot,
+) -> (Snapshot, Broken) {
     let live = |deleting: &Option<_>| deleting.is_none();
-    Snapshot::managed(
+    let repositories: Vec<&Repository> = repositories
+        .into_iter()
+        .filter(|r| live(&r.metadata.deletion_timestamp))
+        .filter(|r| {
+            let valid = validate_repository(r).is_ok();
+            if !valid {
+                broken.repositories.push(repository_name(r));
+            }
+            valid
+        })
+        .collect();
+    let snapshot = Snapshot::managed(
         namespaces
             .into_iter()
             .filter(|n| live(&n.metadata.deletion_timestamp))
@@ -61,7 +130,7 @@ pub fn snapshot<'a>(
             }),
         repositories
             .into_iter()
-            .filter(|r| live(&r.metadata.deletion_timestamp))
             .map(|r| (repository_name(r), repository_policy(r))),
-    )
+    );
+    (snapshot.failing_closed(&broken, previous), broken)
 }

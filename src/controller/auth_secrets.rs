@@ -16,6 +16,9 @@ use crate::auth::users::{Directory, UserError, Users};
 use crate::config::user_secrets::{USER_LABEL, user_from_secret};
 
 const KEY_FIELD: &str = "key";
+/// How often pull Secrets are rewritten without a change to the users: often enough
+/// that a new rotation window's credential is in place within the hour.
+const PULL_SECRET_SYNC: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The signing key from Secret `name`, created (with a fresh random key) when missing.
 /// Replicas racing to create it agree: the loser reads the winner's.
@@ -148,7 +151,22 @@ pub async fn watch_users(
     )
     .default_backoff()
     .boxed();
-    while let Some(event) = events.next().await {
+    // Pull Secrets are rewritten periodically too, so their credential rotates.
+    let mut rotate = tokio::time::interval(PULL_SECRET_SYNC);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            _ = rotate.tick() => {
+                if futures::FutureExt::now_or_never(store.wait_until_ready()).is_some() {
+                    let secrets: Vec<Secret> = store.state().iter().map(|s| (**s).clone()).collect();
+                    pull_secrets.sync(&secrets).await;
+                }
+                continue;
+            }
+        };
         if let Err(e) = event {
             tracing::warn!(error = %e, "watching user Secrets failed; retrying");
             continue;

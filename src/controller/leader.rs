@@ -1,7 +1,12 @@
 //! Leader election on a `coordination.k8s.io` Lease: every replica serves the
 //! registry, only the holder of the Lease reconciles.
+//!
+//! Whether another replica's lease expired is decided as client-go does: from how long
+//! this replica has seen the lease record unchanged, on its own monotonic clock. The
+//! `renewTime` written by another node is never compared with the local clock, so
+//! clock skew between nodes can neither steal a live lease nor keep a dead one.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -16,6 +21,53 @@ pub struct LeaderElection {
     identity: String,
     lease_duration: Duration,
     renew_every: Duration,
+    observed: Option<Observed>,
+}
+
+/// The part of a lease that changes whenever its holder renews it.
+#[derive(Debug, Clone, PartialEq)]
+struct LeaseRecord {
+    holder: String,
+    renew_time: Option<Timestamp>,
+    acquire_time: Option<Timestamp>,
+    transitions: i32,
+    duration: Duration,
+}
+
+impl LeaseRecord {
+    fn of(spec: &LeaseSpec) -> Self {
+        LeaseRecord {
+            holder: spec.holder_identity.clone().unwrap_or_default(),
+            renew_time: spec.renew_time.as_ref().map(|t| t.0),
+            acquire_time: spec.acquire_time.as_ref().map(|t| t.0),
+            transitions: spec.lease_transitions.unwrap_or(0),
+            duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64),
+        }
+    }
+}
+
+/// A lease record, and when this replica first saw it as it is.
+#[derive(Debug, Clone)]
+struct Observed {
+    record: LeaseRecord,
+    since: Instant,
+}
+
+impl Observed {
+    /// Notes the record read at `now`: the clock restarts only when the record changed.
+    fn update(previous: Option<Observed>, record: LeaseRecord, now: Instant) -> Observed {
+        match previous {
+            Some(seen) if seen.record == record => seen,
+            _ => Observed { record, since: now },
+        }
+    }
+
+    /// Whether the holder has had a full lease duration, by this replica's clock, to renew
+    /// and did not. A lease without a holder was released and is free at once.
+    fn expired(&self, now: Instant) -> bool {
+        self.record.holder.is_empty()
+            || now.saturating_duration_since(self.since) > self.record.duration
+    }
 }
 
 impl LeaderElection {
@@ -26,11 +78,12 @@ impl LeaderElection {
             identity: identity.to_string(),
             lease_duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(2),
+            observed: None,
         }
     }
 
     /// Tries to acquire or renew the lease forever, publishing whether this replica leads.
-    pub async fn run(self, leading: watch::Sender<bool>) {
+    pub async fn run(mut self, leading: watch::Sender<bool>) {
         let mut last_renewal: Option<std::time::Instant> = None;
         loop {
             match self.try_acquire_or_renew().await {
@@ -74,7 +127,7 @@ impl LeaderElection {
         }
     }
 
-    async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+    async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
         let Some(lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -95,16 +148,11 @@ impl LeaderElection {
         let new_spec = if holder == self.identity {
             self.spec(spec.acquire_time.clone(), transitions)
         } else {
-            let duration =
-                Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
-            let expired = match &spec.renew_time {
-                None => true,
-                Some(renewed) => {
-                    let age = Timestamp::now().duration_since(renewed.0);
-                    age.as_secs_f64() > duration.as_secs_f64()
-                }
-            };
-            if !holder.is_empty() && !expired {
+            let observed =
+                Observed::update(self.observed.take(), LeaseRecord::of(&spec), Instant::now());
+            let expired = observed.expired(Instant::now());
+            self.observed = Some(observed);
+            if !expired {
                 return Ok(false);
             }
             self.spec(None, transitions + 1)
@@ -124,5 +172,57 @@ impl LeaderElection {
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(holder: &str, renewed: &str) -> LeaseRecord {
+        LeaseRecord {
+            holder: holder.into(),
+            renew_time: Some(renewed.parse().unwrap()),
+            acquire_time: None,
+            transitions: 3,
+            duration: Duration::from_secs(15),
+        }
+    }
+
+    #[test]
+    fn a_renew_time_far_in_the_past_by_the_local_clock_does_not_expire_a_lease_seen_just_now() {
+        let start = Instant::now();
+        let seen = Observed::update(None, record("other", "1999-01-01T00:00:00Z"), start);
+        assert!(!seen.expired(start + Duration::from_secs(1)));
+        assert!(!seen.expired(start + Duration::from_secs(15)));
+        assert!(seen.expired(start + Duration::from_secs(16)));
+    }
+
+    #[test]
+    fn a_renew_time_far_in_the_future_does_not_keep_an_unrenewed_lease_alive() {
+        let start = Instant::now();
+        let seen = Observed::update(None, record("other", "2999-01-01T00:00:00Z"), start);
+        let later = start + Duration::from_secs(16);
+        let seen = Observed::update(Some(seen), record("other", "2999-01-01T00:00:00Z"), later);
+        assert!(seen.expired(later));
+    }
+
+    #[test]
+    fn each_renewal_restarts_the_local_clock() {
+        let start = Instant::now();
+        let mut seen = Observed::update(None, record("other", "2026-01-01T00:00:00Z"), start);
+        for step in 1..=10u64 {
+            let at = start + Duration::from_secs(10 * step);
+            let renewed = format!("2026-01-01T00:00:{:02}Z", step * 5);
+            seen = Observed::update(Some(seen), record("other", &renewed), at);
+            assert!(!seen.expired(at + Duration::from_secs(14)), "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_released_lease_is_free_at_once() {
+        let start = Instant::now();
+        let seen = Observed::update(None, record("", "2026-01-01T00:00:00Z"), start);
+        assert!(seen.expired(start));
     }
 }

@@ -13,6 +13,7 @@ mod policy_watcher;
 pub mod pull_secrets;
 mod repository;
 mod status;
+pub mod token_review;
 pub mod trigger;
 mod validated;
 

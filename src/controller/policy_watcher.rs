@@ -7,7 +7,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use crate::api::{Namespace, Repository};
-use crate::policy::Policy;
+use crate::policy::{Broken, Policy};
 
 /// Watches both kinds and swaps in a new snapshot after every change, once both
 /// initial lists are in (until then the policy reports not loaded, and readiness waits).
@@ -29,14 +29,18 @@ pub async fn watch_policy(client: Client, config: watcher::Config, policy: Polic
             .default_backoff()
             .map_ok(|_| ())
             .boxed();
+    // An invalid Repository keeps the version last enforced, or denies (fails closed).
     let rebuild = |namespaces: &Store<Namespace>, repositories: &Store<Repository>| {
         let ns = namespaces.state();
         let repos = repositories.state();
-        crate::config::snapshot(
+        crate::config::snapshot_failing_closed(
             ns.iter().map(|n| n.as_ref()),
             repos.iter().map(|r| r.as_ref()),
+            Broken::default(),
+            &policy.current(),
         )
     };
+    let mut reported = Broken::default();
     let mut events = futures::stream::select(ns_events, repo_events);
     while let Some(event) = events.next().await {
         if let Err(e) = event {
@@ -50,7 +54,15 @@ pub async fn watch_policy(client: Client, config: watcher::Config, policy: Polic
             continue; // still receiving the initial lists
         }
         let first = !policy.is_loaded();
-        policy.replace(rebuild(&namespaces, &repositories));
+        let (snapshot, broken) = rebuild(&namespaces, &repositories);
+        policy.replace(snapshot);
+        if broken != reported && !broken.is_empty() {
+            tracing::warn!(
+                repositories = ?broken.repositories,
+                "invalid Repositories fail closed: each keeps its last valid version, or denies everyone but administrators and namespace members (see their Ready condition)"
+            );
+        }
+        reported = broken;
         if first {
             tracing::info!(
                 namespaces = namespaces.state().len(),

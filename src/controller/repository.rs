@@ -19,6 +19,8 @@ use crate::oci::RepositoryName;
 
 const KIND: &str = "Repository";
 pub const FINALIZER: &str = "berth.dev/delete-content";
+/// The `Ready` reason of a Repository whose spec cannot be enforced as written.
+const INVALID_SPEC: &str = "InvalidSpec";
 
 pub fn controller(
     client: Client,
@@ -74,8 +76,23 @@ async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Action, E
     let generation = repo.metadata.generation;
     let previous = repo.status.as_ref().map(|s| &s.conditions);
     let full_name = repository_name(&repo);
-    let status = match full_name.parse::<RepositoryName>() {
-        Err(e) => RepositoryStatus {
+    let invalid = crate::config::validate_repository(&repo).err();
+    let mut status = match (full_name.parse::<RepositoryName>(), &invalid) {
+        (Ok(full), Some(e)) => RepositoryStatus {
+            observed_generation: generation,
+            conditions: status::ready_conditions(
+                previous,
+                false,
+                INVALID_SPEC,
+                format!(
+                    "{e}; until it is fixed, the registry keeps enforcing the last valid version of {full}, or, if it never had one, refuses it to everyone but administrators and namespace {:?}'s members",
+                    full.namespace()
+                ),
+                generation,
+            ),
+            ..Default::default()
+        },
+        (Err(e), _) => RepositoryStatus {
             observed_generation: generation,
             conditions: status::ready_conditions(
                 previous,
@@ -86,7 +103,7 @@ async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Action, E
             ),
             ..Default::default()
         },
-        Ok(full) if ctx.policy.current().namespace(full.namespace()).is_none() => {
+        (Ok(full), None) if ctx.policy.current().namespace(full.namespace()).is_none() => {
             RepositoryStatus {
                 observed_generation: generation,
                 conditions: status::ready_conditions(
@@ -102,7 +119,7 @@ async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Action, E
                 ..Default::default()
             }
         }
-        Ok(full) => {
+        (Ok(full), None) => {
             let usage = ctx.store.repository_usage(&full).await?;
             RepositoryStatus {
                 observed_generation: generation,
@@ -123,6 +140,11 @@ async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Action, E
             }
         }
     };
+    let stalled = invalid.map(|e| (INVALID_SPEC, e.to_string()));
+    if let Some((_, message)) = &stalled {
+        tracing::warn!(repository = %name, %message, "invalid Repository fails closed");
+    }
+    status::set_stalled(&mut status.conditions, stalled, generation);
     status::apply(&api, &name, repo.status.as_ref(), &status).await?;
     ctx.backoff.reset(&name);
     Ok(Action::requeue(RESYNC))

@@ -53,3 +53,24 @@ pub fn ready_conditions(
     );
     list
 }
+
+/// The kstatus `Stalled` condition: set (True) while the resource cannot make progress
+/// until someone changes it, absent otherwise.
+pub const STALLED: &str = "Stalled";
+
+/// Sets `Stalled=True` with `reason` and `message`, or removes it when `stalled` is `None`.
+pub fn set_stalled(
+    list: &mut Vec<Condition>,
+    stalled: Option<(&str, String)>,
+    generation: Option<i64>,
+) {
+    match stalled {
+        None => list.retain(|c| c.type_ != STALLED),
+        Some((reason, message)) => {
+            let mut condition = conditions::ready(false, reason, message, generation);
+            condition.type_ = STALLED.to_string();
+            condition.status = "True".to_string();
+            conditions::set(list, condition);
+        }
+    }
+}

@@ -19,6 +19,12 @@ pub enum Caller {
         name: String,
         admin: bool,
     },
+    /// A user signed in with a pull-only credential (the one in a pull Secret): it
+    /// pulls what the user may pull, and does nothing else.
+    PullOnly {
+        name: String,
+        admin: bool,
+    },
 }
 
 impl Caller {
@@ -32,7 +38,7 @@ impl Caller {
     pub fn name(&self) -> Option<&str> {
         match self {
             Caller::Anonymous => None,
-            Caller::User { name, .. } => Some(name),
+            Caller::User { name, .. } | Caller::PullOnly { name, .. } => Some(name),
         }
     }
 
@@ -41,6 +47,7 @@ impl Caller {
         match self {
             Caller::Anonymous => "an anonymous caller".into(),
             Caller::User { name, .. } => format!("user {name:?}"),
+            Caller::PullOnly { name, .. } => format!("user {name:?} (with a pull-only credential)"),
         }
     }
 }
@@ -168,9 +175,10 @@ impl Snapshot {
         }
         let visibility = self.visibility(repo);
         let granted = match caller {
-            Caller::User { admin: true, .. } => true,
+            Caller::PullOnly { .. } if action != Action::Pull => false,
+            Caller::User { admin: true, .. } | Caller::PullOnly { admin: true, .. } => true,
             Caller::Anonymous => action == Action::Pull && visibility == Visibility::Public,
-            Caller::User { name, .. } => {
+            Caller::User { name, .. } | Caller::PullOnly { name, .. } => {
                 let readable_by_all_users = action == Action::Pull
                     && matches!(visibility, Visibility::Public | Visibility::Internal);
                 readable_by_all_users
@@ -184,10 +192,15 @@ impl Snapshot {
         }
         let hint = match caller {
             Caller::Anonymous => ": sign in (docker login) first".to_string(),
-            Caller::User { name, .. } => match self.permission(name, repo, now) {
-                Some(held) => format!(", and it holds only {}", permission_name(held)),
-                None => String::new(),
-            },
+            Caller::PullOnly { .. } if action != Action::Pull => {
+                ", and a pull Secret's credential only pulls".to_string()
+            }
+            Caller::User { name, .. } | Caller::PullOnly { name, .. } => {
+                match self.permission(name, repo, now) {
+                    Some(held) => format!(", and it holds only {}", permission_name(held)),
+                    None => String::new(),
+                }
+            }
         };
         Err(Denial {
             caller: caller.describe(),
@@ -355,5 +368,30 @@ mod tests {
                 .may(&Caller::Anonymous, &repo("x/y"), Action::Delete, now())
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_pull_only_caller_pulls_what_its_user_may_pull_and_nothing_else() {
+        let mona = Caller::PullOnly {
+            name: "mona".into(),
+            admin: false,
+        };
+        assert!(may(&mona, "team-a/app", Action::Pull));
+        assert!(!may(&mona, "team-a/app", Action::Push));
+        assert!(!may(&mona, "team-a/app", Action::Delete));
+        assert!(
+            !may(&mona, "team-b/app", Action::Pull),
+            "mona is no member there"
+        );
+        let root = Caller::PullOnly {
+            name: "root".into(),
+            admin: true,
+        };
+        assert!(may(&root, "team-b/app", Action::Pull));
+        assert!(!may(&root, "team-b/app", Action::Push));
+        let denial = snapshot()
+            .may(&mona, &repo("team-a/app"), Action::Push, now())
+            .unwrap_err();
+        assert!(denial.to_string().contains("only pulls"), "{denial}");
     }
 }

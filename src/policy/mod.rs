@@ -38,6 +38,17 @@ impl NamespacePolicy {
             auto_create_repositories: true,
         }
     }
+
+    /// What a namespace whose declaration cannot be read grants when no valid version of
+    /// it was ever seen: nothing to anyone but administrators, and no pushes.
+    pub fn deny() -> Self {
+        NamespacePolicy {
+            visibility: Visibility::Private,
+            members: Vec::new(),
+            quota: None,
+            auto_create_repositories: false,
+        }
+    }
 }
 
 /// A declared repository as the registry enforces it.
@@ -48,6 +59,40 @@ pub struct RepositoryPolicy {
     pub immutable_tags: Vec<String>,
     pub quota: Option<Quota>,
     pub sharing: Vec<Share>,
+}
+
+impl RepositoryPolicy {
+    /// What a repository whose declaration cannot be read grants when no valid version of
+    /// it was ever seen: private, no members of its own, so never more than its
+    /// namespace's members hold, whatever the namespace's visibility.
+    pub fn deny() -> Self {
+        RepositoryPolicy {
+            visibility: Some(Visibility::Private),
+            members: Vec::new(),
+            immutable_tags: Vec::new(),
+            quota: None,
+            sharing: Vec::new(),
+        }
+    }
+}
+
+/// Declarations that exist but cannot be enforced as written (unparseable or invalid),
+/// by the name they would take effect under.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Broken {
+    pub namespaces: Vec<String>,
+    /// Full repository names (`namespace/path`).
+    pub repositories: Vec<String>,
+    /// Some declaration could not even be attributed to a name (a file that is not
+    /// YAML, a document without a name): whatever is missing since the last snapshot
+    /// may be in it, so it is kept as it was.
+    pub unattributed: bool,
+}
+
+impl Broken {
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty() && self.repositories.is_empty() && !self.unattributed
+    }
 }
 
 /// Pull access to one repository granted to a user, until an expiry time if one is set.
@@ -107,6 +152,39 @@ impl Snapshot {
             namespaces,
             repositories: repositories.into_iter().collect(),
         }
+    }
+
+    /// Fails closed on `broken` declarations: each keeps its version from `previous` (the
+    /// last valid one) or, if it never had one, denies. A broken declaration never falls
+    /// back to something wider, such as a public namespace's visibility.
+    pub fn failing_closed(mut self, broken: &Broken, previous: &Snapshot) -> Self {
+        for name in &broken.namespaces {
+            let kept = previous.namespaces.get(name).filter(|_| !previous.open);
+            self.namespaces.insert(
+                name.clone(),
+                kept.cloned().unwrap_or_else(NamespacePolicy::deny),
+            );
+        }
+        for name in &broken.repositories {
+            let kept = previous.repositories.get(name).filter(|_| !previous.open);
+            self.repositories.insert(
+                name.clone(),
+                kept.cloned().unwrap_or_else(RepositoryPolicy::deny),
+            );
+        }
+        if broken.unattributed && !previous.open {
+            for (name, ns) in &previous.namespaces {
+                self.namespaces
+                    .entry(name.clone())
+                    .or_insert_with(|| ns.clone());
+            }
+            for (name, repo) in &previous.repositories {
+                self.repositories
+                    .entry(name.clone())
+                    .or_insert_with(|| repo.clone());
+            }
+        }
+        self
     }
 
     pub fn namespace(&self, name: &str) -> Option<&NamespacePolicy> {
@@ -223,5 +301,89 @@ mod tests {
             snapshot.check_push(&repo("team-a/other")),
             Err(PushRefusal::NotDeclared { .. })
         ));
+    }
+
+    fn public_namespace() -> (String, NamespacePolicy) {
+        ("pub".to_string(), NamespacePolicy::default_library())
+    }
+
+    fn private_repository() -> RepositoryPolicy {
+        RepositoryPolicy {
+            visibility: Some(Visibility::Private),
+            members: vec![Member {
+                user: "dora".into(),
+                permission: crate::api::Permission::Read,
+            }],
+            ..RepositoryPolicy::deny()
+        }
+    }
+
+    fn anonymous_may_pull(snapshot: &Snapshot, r: &str) -> bool {
+        let now = jiff::Timestamp::now();
+        snapshot
+            .may(&Caller::Anonymous, &repo(r), Action::Pull, now)
+            .is_ok()
+    }
+
+    #[test]
+    fn a_broken_repository_never_seen_valid_is_private_even_in_a_public_namespace() {
+        let broken = Broken {
+            repositories: vec!["pub/secret".into()],
+            ..Broken::default()
+        };
+        let snapshot = Snapshot::managed([public_namespace()], [])
+            .failing_closed(&broken, &Snapshot::default());
+        assert!(!anonymous_may_pull(&snapshot, "pub/secret"));
+        assert!(
+            anonymous_may_pull(&snapshot, "pub/other"),
+            "its neighbours are untouched"
+        );
+    }
+
+    #[test]
+    fn a_broken_repository_keeps_its_last_valid_version() {
+        let previous = Snapshot::managed(
+            [public_namespace()],
+            [("pub/secret".to_string(), private_repository())],
+        );
+        let broken = Broken {
+            repositories: vec!["pub/secret".into()],
+            ..Broken::default()
+        };
+        let snapshot =
+            Snapshot::managed([public_namespace()], []).failing_closed(&broken, &previous);
+        assert_eq!(
+            snapshot.repository(&repo("pub/secret")),
+            Some(&private_repository())
+        );
+    }
+
+    #[test]
+    fn a_broken_namespace_keeps_its_last_version_or_denies_and_takes_no_pushes() {
+        let broken = Broken {
+            namespaces: vec!["pub".into()],
+            ..Broken::default()
+        };
+        let denied = Snapshot::managed([], []).failing_closed(&broken, &Snapshot::default());
+        assert!(!anonymous_may_pull(&denied, "pub/app"));
+        assert!(denied.check_push(&repo("pub/app")).is_err());
+        let previous = Snapshot::managed([public_namespace()], []);
+        let kept = Snapshot::managed([], []).failing_closed(&broken, &previous);
+        assert!(anonymous_may_pull(&kept, "pub/app"));
+    }
+
+    #[test]
+    fn an_unattributed_error_keeps_what_went_missing() {
+        let previous = Snapshot::managed(
+            [public_namespace()],
+            [("pub/secret".to_string(), private_repository())],
+        );
+        let broken = Broken {
+            unattributed: true,
+            ..Broken::default()
+        };
+        let snapshot =
+            Snapshot::managed([public_namespace()], []).failing_closed(&broken, &previous);
+        assert!(!anonymous_may_pull(&snapshot, "pub/secret"));
     }
 }

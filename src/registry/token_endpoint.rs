@@ -248,7 +248,8 @@ fn subject(caller: &Caller) -> Subject {
         Caller::User { name, .. } if name.starts_with("system:serviceaccount:") => {
             Subject::ServiceAccount
         }
-        Caller::User { .. } => Subject::User,
+        // A pull-only caller's tokens grant only pulls (what `grant` allowed it).
+        Caller::User { .. } | Caller::PullOnly { .. } => Subject::User,
     }
 }
 
@@ -268,7 +269,7 @@ fn claims_for(
     let subject = subject(caller);
     let (sub, pwf) = match (caller, subject) {
         (Caller::Anonymous, _) => (String::new(), None),
-        (Caller::User { name, .. }, Subject::User) => (
+        (Caller::User { name, .. } | Caller::PullOnly { name, .. }, Subject::User) => (
             name.clone(),
             state
                 .auth
@@ -277,7 +278,7 @@ fn claims_for(
                 .get(name)
                 .map(|u| state.auth.password_fingerprint(u)),
         ),
-        (Caller::User { name, .. }, _) => (name.clone(), None),
+        (Caller::User { name, .. } | Caller::PullOnly { name, .. }, _) => (name.clone(), None),
     };
     Claims {
         iss: token::ISSUER.into(),
@@ -308,18 +309,22 @@ fn issue(state: &RegistryState, signed_in: &SignedIn, scopes: &[Scope], offline:
     let token = token::encode(state.auth.key(), &claims);
     // Only users get refresh tokens: a ServiceAccount signs in again with its own
     // (short-lived, reviewed) token, so deleting the ServiceAccount revokes it.
-    let refresh_token = (offline && subject(&signed_in.caller) == Subject::User).then(|| {
-        token::encode(
-            state.auth.key(),
-            &claims_for(
-                state,
-                signed_in,
-                TokenKind::Refresh,
-                settings.refresh_ttl,
-                Vec::new(),
-            ),
-        )
-    });
+    // Nor does a pull-only caller: its credential expires and is rotated.
+    let refresh_token = (offline
+        && matches!(signed_in.caller, Caller::User { .. })
+        && subject(&signed_in.caller) == Subject::User)
+        .then(|| {
+            token::encode(
+                state.auth.key(),
+                &claims_for(
+                    state,
+                    signed_in,
+                    TokenKind::Refresh,
+                    settings.refresh_ttl,
+                    Vec::new(),
+                ),
+            )
+        });
     let body = TokenResponse {
         access_token: token.clone(),
         token,

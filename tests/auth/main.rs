@@ -4,6 +4,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod fail_closed;
 mod matrix;
 mod registry;
 

@@ -252,10 +252,9 @@ async fn a_pod_pulls_with_its_service_account_token() {
             .await
             .unwrap();
     }
-    let token = cluster
-        .kubectl(&["create", "token", "default", "-n", cluster.namespace()])
-        .ok();
-    let token = token.trim();
+    // Pods project a token for berth's audience (see the chart's README).
+    let token = service_account_token(&cluster, "default", Some("berth"));
+    let token = token.as_str();
     let url = op.url();
     assert_eq!(
         pull_status(
@@ -311,6 +310,83 @@ async fn a_pod_pulls_with_its_service_account_token() {
     .await;
 }
 
+/// A token from `kubectl create token` for the ServiceAccount `name`, for `audience`
+/// (the apiserver's own when `None`).
+fn service_account_token(cluster: &TestCluster, name: &str, audience: Option<&str>) -> String {
+    let mut args = vec!["create", "token", name, "-n", cluster.namespace()];
+    if let Some(audience) = audience {
+        args.extend(["--audience", audience]);
+    }
+    cluster.kubectl(&args).ok().trim().to_string()
+}
+
+/// The reply of the token endpoint to a ServiceAccount token: status and message.
+async fn sign_in_with_token(url: &str, token: &str) -> (u16, String) {
+    let reply = reqwest::Client::new()
+        .get(format!("{url}/auth/token?service=berth"))
+        .header("authorization", basic("serviceaccount", token))
+        .send()
+        .await
+        .unwrap();
+    (reply.status().as_u16(), reply.text().await.unwrap())
+}
+
+/// Only tokens issued for berth's audience sign in: a token a Pod holds for the
+/// apiserver (or any other service) cannot be replayed against the registry. Deleting
+/// the ServiceAccount revokes its tokens once the short review cache forgets them.
+#[tokio::test]
+async fn a_service_account_token_for_another_audience_is_refused_and_deletion_revokes() {
+    let Some(cluster) = TestCluster::start("auth-sa-audience").await else {
+        return;
+    };
+    let op = operator(&cluster);
+    let url = op.url();
+    cluster
+        .kubectl(&[
+            "create",
+            "serviceaccount",
+            "puller",
+            "-n",
+            cluster.namespace(),
+        ])
+        .ok();
+
+    let for_berth = service_account_token(&cluster, "puller", Some("berth"));
+    assert_eq!(sign_in_with_token(&url, &for_berth).await.0, 200);
+
+    for other in [None, Some("vault")] {
+        let token = service_account_token(&cluster, "puller", other);
+        let (status, message) = sign_in_with_token(&url, &token).await;
+        assert_eq!(status, 401, "audience {other:?}: {message}");
+        assert!(
+            message.contains("audience berth"),
+            "the refusal says which audience to ask for: {message}"
+        );
+    }
+
+    cluster
+        .kubectl(&[
+            "delete",
+            "serviceaccount",
+            "puller",
+            "-n",
+            cluster.namespace(),
+        ])
+        .ok();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, message) = sign_in_with_token(&url, &for_berth).await;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a deleted ServiceAccount still signs in: {status} {message}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// A user annotated with Kubernetes namespaces gets a dockerconfigjson pull Secret in
 /// each; its credential pulls what the user may pull; removing the annotation removes
 /// the Secret.
@@ -330,7 +406,18 @@ async fn an_annotated_user_gets_a_working_pull_secret_in_each_namespace() {
             "registry.test:5000",
         ],
     );
-    let ns = private_namespace(&cluster, "private", "deployer").await;
+    // deployer may push here: the pull Secret still may not.
+    let ns = cluster.unique("private");
+    let members = json!([{"user": "deployer", "permission": "write"}]);
+    cluster
+        .create(&berth(
+            "Namespace",
+            &ns,
+            json!({"visibility": "private", "members": members}),
+        ))
+        .await
+        .unwrap();
+    wait_ready(&cluster, "Namespace", &ns, None).await;
     let repo = format!("{ns}/app");
     push_image(&op.url(), &repo, "v1", "pull-secret")
         .await
@@ -373,6 +460,52 @@ async fn an_annotated_user_gets_a_working_pull_secret_in_each_namespace() {
         200,
         "the pull Secret's credential pulls"
     );
+    assert!(
+        credential.starts_with("berth-p1."),
+        "a pull-only credential, not the user's long-lived one: {credential}"
+    );
+    let start_upload = |password: &str| {
+        reqwest::Client::new()
+            .post(format!("{}/v2/{repo}/blobs/uploads/", op.url()))
+            .header("authorization", basic("deployer", password))
+            .send()
+    };
+    let refused = start_upload(credential).await.unwrap();
+    assert_eq!(
+        refused.status(),
+        403,
+        "the pull Secret's credential pushes nothing"
+    );
+    assert!(refused.text().await.unwrap().contains("DENIED"));
+    assert_eq!(
+        start_upload("deployer-pw").await.unwrap().status(),
+        202,
+        "while the user's own password pushes"
+    );
+    let token = reqwest::Client::new()
+        .get(format!(
+            "{}/auth/token?service=berth&offline_token=true&scope=repository:{repo}:pull,push",
+            op.url()
+        ))
+        .header("authorization", basic("deployer", credential))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert!(
+        token.get("refresh_token").is_none(),
+        "no refresh token outlives the pull credential"
+    );
+    let payload = token["token"].as_str().unwrap().split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["access"][0]["actions"], json!(["pull"]), "{claims}");
 
     cluster.kubectl_stdin(&["apply", "-f", "-"], &user("")).ok();
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -165,6 +165,8 @@ spec:
         - {{ .Values.logFormat | quote }}
         - --registry-host
         - {{ include "berth.registryHosts" . | quote }}
+        - --service-account-audience
+        - {{ join "," .Values.serviceAccountAudiences | quote }}
         {{- range .Values.extraArgs }}
         - {{ . | quote }}
         {{- end }}

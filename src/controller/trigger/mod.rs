@@ -23,12 +23,13 @@
 mod fire;
 mod history;
 mod metrics;
+mod queues;
 mod reconcile;
 mod select;
 pub mod standalone;
 mod workload;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
@@ -159,7 +160,7 @@ pub async fn listen(
     triggers: impl Fn() -> Vec<Arc<Trigger>>,
     sink: StatusSink,
 ) {
-    let mut queues: HashMap<String, mpsc::UnboundedSender<(Arc<Trigger>, Push)>> = HashMap::new();
+    let mut queues = queues::Queues::default();
     loop {
         let event = match pushes.recv().await {
             Ok(event) => event,
@@ -172,7 +173,14 @@ pub async fn listen(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        for trigger in triggers() {
+        let current = triggers();
+        queues.retain(
+            &current
+                .iter()
+                .map(|t| history::key(t))
+                .collect::<HashSet<_>>(),
+        );
+        for trigger in current {
             let Some(tag) = matching_tag(&trigger, &event) else {
                 continue;
             };
@@ -182,10 +190,12 @@ pub async fn listen(
                 event.pushed_at,
                 false,
             );
-            let queue = queues
-                .entry(history::key(&trigger))
-                .or_insert_with(|| worker(env.clone(), sink.clone()));
-            let _ = queue.send((trigger, push));
+            let key = history::key(&trigger);
+            if let Err(e) = queues.send(&key, (trigger, push), |rx| {
+                worker(env.clone(), sink.clone(), rx)
+            }) {
+                tracing::warn!(trigger = %key, error = %e, "push not fired now; the leader's catch-up fires the newest tag");
+            }
         }
     }
 }
@@ -205,13 +215,11 @@ fn matching_tag<'e>(trigger: &Trigger, event: &'e PushEvent) -> Option<&'e str> 
 }
 
 /// A queue of one trigger's firings, taken one at a time.
-fn worker(env: Arc<Env>, sink: StatusSink) -> mpsc::UnboundedSender<(Arc<Trigger>, Push)> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Arc<Trigger>, Push)>();
+fn worker(env: Arc<Env>, sink: StatusSink, mut rx: mpsc::Receiver<(Arc<Trigger>, Push)>) {
     tokio::spawn(async move {
         while let Some((trigger, push)) = rx.recv().await {
             // Errors are logged and counted there; the leader's catch-up retries.
             let _ = fire_and_record(&env, &trigger, &push, &sink).await;
         }
     });
-    tx
 }

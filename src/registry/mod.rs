@@ -137,13 +137,48 @@ async fn dispatch(State(state): State<RegistryState>, request: axum::extract::Re
     response
 }
 
+/// The most of a refused request's body read (and thrown away) before answering.
+const DISCARDED_BODY_LIMIT: u64 = 4 << 20;
+
+/// Reads and discards the body of a refused request when it is small (a manifest's
+/// worth, declared by Content-Length): a client that sends its first request without
+/// credentials and is still writing would otherwise see the connection close under
+/// it, a broken pipe instead of the 401 that tells it to fetch a token. Larger or
+/// unsized bodies are not read; their connection closes.
+async fn discard_small_body(req: &Request, body: Body) {
+    use http_body_util::BodyExt as _;
+    let declared = req
+        .header(header::CONTENT_LENGTH)
+        .and_then(|l| l.parse::<u64>().ok());
+    if !declared.is_some_and(|l| l > 0 && l <= DISCARDED_BODY_LIMIT) {
+        return;
+    }
+    let drain = async {
+        let mut body = body;
+        let mut read = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > DISCARDED_BODY_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+}
+
 async fn handle(
     state: &RegistryState,
     route: Route,
     mut req: Request,
     body: Body,
 ) -> Result<Response> {
-    req.identity = access::admit(state, &route, &req).await?;
+    req.identity = match access::admit(state, &route, &req).await {
+        Ok(identity) => identity,
+        Err(refusal) => {
+            discard_small_body(&req, body).await;
+            return Err(refusal);
+        }
+    };
     if let Route::Uploads(_) = &route
         && req.query("mount").is_some()
         && !state.policy.current().open

@@ -653,3 +653,39 @@ async fn a_token_without_the_scope_is_sent_back_for_one_naming_it() {
         .await;
     assert_eq!(r.status, 202, "a plain upload instead: {}", r.text());
 }
+
+/// A client's first request may go out without credentials, to learn the challenge.
+/// When it carries a large manifest, the 401 must still reach the client once it has
+/// sent the body, not a connection closed under its writes.
+#[tokio::test]
+async fn a_large_manifest_sent_without_credentials_gets_its_401() {
+    let registry = Registry::start(&config()).await;
+    let addr = registry.berth.addr.clone();
+    let reply = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let body = vec![b' '; 3_900_000];
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "PUT /v2/closed/app/manifests/big HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        // In pieces, as a client on a real network sends it: the refusal is ready
+        // long before the last byte.
+        for piece in body.chunks(64 << 10) {
+            stream
+                .write_all(piece)
+                .map_err(|e| format!("writing the body: {e}"))?;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let mut head = [0u8; 12];
+        stream
+            .read_exact(&mut head)
+            .map_err(|e| format!("reading the reply: {e}"))?;
+        Ok::<_, String>(String::from_utf8_lossy(&head).into_owned())
+    })
+    .await
+    .unwrap();
+    assert_eq!(reply.as_deref(), Ok("HTTP/1.1 401"));
+}

@@ -146,7 +146,9 @@ impl IntoResponse for RegistryError {
 impl From<StorageError> for RegistryError {
     fn from(e: StorageError) -> Self {
         let code = match &e {
-            StorageError::Backend { .. } | StorageError::Corrupt { .. } => {
+            StorageError::Backend { .. }
+            | StorageError::Corrupt { .. }
+            | StorageError::SweepRunning => {
                 tracing::error!(error = %e, "storage failure");
                 return RegistryError::new(
                     ErrorCode::Unknown,

@@ -80,6 +80,13 @@ impl Store {
         digest: &Digest,
         from: Option<&RepositoryName>,
     ) -> Result<Option<u64>> {
+        let _pass = self
+            .sweeps
+            .enter([
+                Key::Blob(digest).path().to_string(),
+                Key::BlobLink(repo, digest).path().to_string(),
+            ])
+            .await;
         let size = match from {
             Some(from) => match self.stat_blob(from, digest).await? {
                 Some(stat) => stat.size,

@@ -39,6 +39,8 @@ pub enum StorageError {
     ManifestBlobUnknown(Digest),
     #[error("repository {0} is not known")]
     NameUnknown(RepositoryName),
+    #[error("a garbage collection is running already")]
+    SweepRunning,
     /// A tag written create-only (an immutable tag) already points elsewhere.
     #[error("tag {tag} already points to {existing}")]
     TagTaken { tag: Tag, existing: Digest },

@@ -80,6 +80,8 @@ impl Store {
                 actual: digest,
             });
         }
+        // What this manifest writes and relies on stays while a collection runs.
+        let _pass = self.sweeps.enter(claims(repo, &digest, manifest)).await;
         self.check_references(repo, manifest).await?;
 
         // Content first, then the revision link, the referrers entry, and the tag last.
@@ -347,4 +349,24 @@ impl Store {
         found.sort_by(|a, b| a.digest.cmp(&b.digest));
         Ok(found)
     }
+}
+
+/// The keys a manifest push writes or relies on: its content, its revision link, and
+/// the links of everything it references.
+fn claims(repo: &RepositoryName, digest: &Digest, manifest: &Manifest) -> Vec<String> {
+    let mut keys = vec![
+        Key::Blob(digest).path().to_string(),
+        Key::ManifestLink(repo, digest).path().to_string(),
+    ];
+    if let Some(config) = &manifest.config {
+        keys.push(Key::BlobLink(repo, &config.digest).path().to_string());
+    }
+    for d in &manifest.references {
+        let key = match manifest.kind {
+            ManifestKind::Image => Key::BlobLink(repo, &d.digest),
+            ManifestKind::Index => Key::ManifestLink(repo, &d.digest),
+        };
+        keys.push(key.path().to_string());
+    }
+    keys
 }

@@ -13,6 +13,7 @@ pub mod budget;
 mod cache;
 pub mod config;
 mod error;
+mod gc;
 mod hasher;
 mod keyed_locks;
 pub mod layout;
@@ -23,6 +24,7 @@ mod parts;
 mod pipeline;
 mod read;
 mod repositories;
+mod sweep_gate;
 mod tag_times;
 mod upload_expiry;
 pub use upload_expiry::expire_uploads_periodically;
@@ -44,6 +46,7 @@ pub use backend::{BackendError, S3Settings, StorageLocation};
 pub use blobs::BlobStat;
 pub use config::ConfigError;
 pub use error::{Result, StorageError};
+pub use gc::{GcOptions, GcReport};
 pub use hasher::Hasher;
 pub use keyed_locks::KeyedGuard;
 pub use manifests::{ManifestLink, StoredManifest, TagLink};
@@ -57,6 +60,7 @@ use budget::{
 use cache::ManifestCache;
 use keyed_locks::KeyedLocks;
 use local::LocalDir;
+use sweep_gate::SweepGate;
 
 /// Registry content on one object store.
 #[derive(Clone)]
@@ -71,6 +75,8 @@ pub struct Store {
     manifests: ManifestCache,
     /// Memory upload bodies may hold, shared by every clone of this store.
     upload_budget: UploadBudget,
+    /// Keeps garbage collection off what pushes are linking (see `sweep_gate.rs`).
+    sweeps: SweepGate,
 }
 
 impl Store {
@@ -84,6 +90,7 @@ impl Store {
             manifests: ManifestCache::default(),
             upload_budget: UploadBudget::new(DEFAULT_UPLOAD_BUFFER, REMOTE_WORKING_SET)
                 .expect("the default budget holds an upload"),
+            sweeps: SweepGate::default(),
         }
     }
 
@@ -118,6 +125,11 @@ impl Store {
             }
             StorageLocation::S3(_) => Ok(Store::new(location.open()?)),
         }
+    }
+
+    /// Whether the store is a local directory (rather than a remote object store).
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
     }
 
     pub fn objects(&self) -> &Arc<dyn ObjectStore> {

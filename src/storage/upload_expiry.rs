@@ -24,6 +24,11 @@ impl Store {
             if written > cutoff || self.uploads.is_busy(&id) {
                 continue;
             }
+            if written == NO_FILES {
+                // Empty folders that finished uploads of older versions left: no session.
+                self.discard_upload(&id).await?;
+                continue;
+            }
             let _guard = self.uploads.lock(&id).await;
             // A request may have added to it while this waited for the lock.
             let still_idle = self
@@ -87,8 +92,11 @@ impl Store {
     }
 }
 
+/// What [`newest_files`] reports for a folder without any file.
+const NO_FILES: i64 = 0;
+
 /// For each session folder in `uploads` (or only `only`), the newest modification time
-/// of a file in it (0 when it holds none).
+/// of a file in it ([`NO_FILES`] when it holds none).
 fn newest_files(uploads: &Path, only: Option<&str>) -> std::io::Result<HashMap<String, i64>> {
     fn newest_under(path: &Path) -> std::io::Result<i64> {
         let meta = std::fs::symlink_metadata(path)?;
@@ -96,7 +104,7 @@ fn newest_files(uploads: &Path, only: Option<&str>) -> std::io::Result<HashMap<S
             return Ok(seconds(meta.modified()?));
         }
         // Folders do not count: removing a finished part touches them too.
-        let mut newest = 0;
+        let mut newest = NO_FILES;
         for entry in std::fs::read_dir(path)? {
             newest = newest.max(newest_under(&entry?.path())?);
         }

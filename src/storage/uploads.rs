@@ -276,6 +276,15 @@ impl Store {
             });
         }
         let blob_key = Key::Blob(digest).path();
+        // Claimed before the existence check: content found here is not collected
+        // before the link to it is written.
+        let _pass = self
+            .sweeps
+            .enter([
+                blob_key.to_string(),
+                Key::BlobLink(repo, digest).path().to_string(),
+            ])
+            .await;
         if !self.exists(&blob_key).await? {
             match state.parts.as_slice() {
                 [] => self.put_bytes(&blob_key, Bytes::new()).await?,
@@ -373,6 +382,18 @@ impl Store {
             .map_err(|e| StorageError::backend("list", &prefix, e))?;
         for part in parts {
             self.delete(&part).await?;
+        }
+        if let Some(local) = &self.local {
+            // The session's folders, which object_store leaves behind on disk: one per
+            // pushed blob, forever, otherwise.
+            let dir = local.file_path(&Key::Upload(id).path())?;
+            tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            })
+            .await
+            .map_err(|e| StorageError::backend("delete", &Key::Upload(id).path(), e.into()))?
+            .map_err(|e| super::local::io_error("delete", &Key::Upload(id).path(), e))?;
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ mod common;
 
 mod backends;
 mod e2e;
+mod gc;
 mod minio_server;
 mod sigv4;
 mod suite;
@@ -27,7 +28,7 @@ macro_rules! storage_suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     let backend = crate::backends::local();
-                    crate::suite::$test(backend.store.clone()).await;
+                    crate::suites::$test(backend.store.clone()).await;
                 }
             )*
         }
@@ -39,14 +40,23 @@ macro_rules! storage_suite {
                     let Some(backend) = crate::backends::minio(stringify!($test)) else {
                         return;
                     };
-                    crate::suite::$test(backend.store.clone()).await;
+                    crate::suites::$test(backend.store.clone()).await;
                 }
             )*
         }
     };
 }
 
+/// The suite's functions, wherever they are written.
+mod suites {
+    pub use crate::gc::*;
+    pub use crate::suite::*;
+}
+
 storage_suite! {
+    gc_frees_what_no_tag_reaches_and_keeps_the_rest,
+    gc_keeps_fresh_uploads_and_untagged_manifests_within_their_delay,
+    pushes_that_reuse_deleted_layers_survive_concurrent_gc,
     blob_put_and_read_whole_and_by_ranges,
     chunked_upload_with_multipart_chunks,
     upload_status_resumes_after_append,
@@ -69,4 +79,58 @@ storage_suite! {
     large_blob_streams_out_with_the_right_digest,
     requests_for_unknown_upload_sessions_leave_no_locks,
     concurrent_creates_of_one_immutable_tag_leave_exactly_one_winner,
+}
+
+/// What only a directory on disk can show.
+mod local_disk {
+    use berth::oci::{Algorithm, Digest};
+    use berth::storage::{StorageLocation, Store};
+
+    fn entries(dir: &std::path::Path) -> Vec<String> {
+        match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn finished_uploads_leave_no_folder_and_old_empty_folders_are_not_counted_as_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let store = Store::open(&StorageLocation::Local(data.clone())).unwrap();
+        let repo = "team/app".parse().unwrap();
+        let content = b"some layer".to_vec();
+        let digest = Digest::of(Algorithm::Sha256, &content);
+
+        // A monolithic upload, and a chunked one.
+        let one =
+            futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(content.clone()))]);
+        store.put_blob(&repo, &digest, one).await.unwrap();
+        let session = store.start_upload(&repo, Algorithm::Sha256).await.unwrap();
+        let chunk =
+            futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(content.clone()))]);
+        store
+            .append_upload(&repo, &session.id, Some(0), chunk)
+            .await
+            .unwrap();
+        let none = futures::stream::iter(Vec::<Result<bytes::Bytes, std::io::Error>>::new());
+        store
+            .finish_upload(&repo, &session.id, &digest, None, none)
+            .await
+            .unwrap();
+        assert_eq!(entries(&data.join("uploads")), Vec::<String>::new());
+
+        // Folders an older version left behind are removed, and are no expired session.
+        std::fs::create_dir_all(data.join("uploads/0b7e8c1e-old/parts")).unwrap();
+        assert_eq!(
+            store
+                .expire_uploads(std::time::Duration::ZERO)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(entries(&data.join("uploads")), Vec::<String>::new());
+    }
 }

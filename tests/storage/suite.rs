@@ -15,8 +15,8 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use sha2::Digest as _;
 
-const LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub(crate) const LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub(crate) const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MIB: usize = 1 << 20;
 
 // ---------------------------------------------------------------------------------------
@@ -25,7 +25,7 @@ const MIB: usize = 1 << 20;
 type Body = futures::stream::Iter<std::vec::IntoIter<Result<Bytes, std::io::Error>>>;
 
 /// `data` as a request body arriving in pieces of `piece` bytes.
-fn pieces(data: &[u8], piece: usize) -> Body {
+pub(crate) fn pieces(data: &[u8], piece: usize) -> Body {
     let chunks: Vec<_> = data
         .chunks(piece.max(1))
         .map(|c| Ok(Bytes::copy_from_slice(c)))
@@ -34,7 +34,7 @@ fn pieces(data: &[u8], piece: usize) -> Body {
 }
 
 /// `data` as a request body in one piece.
-fn body(data: &[u8]) -> Body {
+pub(crate) fn body(data: &[u8]) -> Body {
     pieces(data, data.len())
 }
 
@@ -42,20 +42,20 @@ fn empty() -> Body {
     futures::stream::iter(Vec::new())
 }
 
-fn repo(name: &str) -> RepositoryName {
+pub(crate) fn repo(name: &str) -> RepositoryName {
     name.parse().expect("valid repository name")
 }
 
-fn tag(name: &str) -> Tag {
+pub(crate) fn tag(name: &str) -> Tag {
     name.parse().expect("valid tag")
 }
 
-fn sha256(data: &[u8]) -> Digest {
+pub(crate) fn sha256(data: &[u8]) -> Digest {
     Digest::of(Algorithm::Sha256, data)
 }
 
 /// `len` deterministic pseudo-random bytes (xorshift64*), different for each `seed`.
-fn data(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn data(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
@@ -69,7 +69,7 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// The blob (or range of it) as the store serves it; `None` for an unsatisfiable range.
-async fn read(
+pub(crate) async fn read(
     store: &Store,
     repo: &RepositoryName,
     digest: &Digest,
@@ -87,7 +87,7 @@ async fn read(
 }
 
 /// Every key in the store under `prefix` (all keys for ""), sorted.
-async fn keys(store: &Store, prefix: &str) -> Vec<String> {
+pub(crate) async fn keys(store: &Store, prefix: &str) -> Vec<String> {
     let prefix = (!prefix.is_empty()).then(|| Path::from(prefix));
     let mut keys: Vec<String> = store
         .objects()
@@ -100,7 +100,7 @@ async fn keys(store: &Store, prefix: &str) -> Vec<String> {
     keys
 }
 
-fn descriptor(media_type: &str, data: &[u8]) -> Descriptor {
+pub(crate) fn descriptor(media_type: &str, data: &[u8]) -> Descriptor {
     Descriptor {
         media_type: media_type.to_string(),
         digest: sha256(data),
@@ -112,7 +112,7 @@ fn descriptor(media_type: &str, data: &[u8]) -> Descriptor {
     }
 }
 
-async fn push_blob(
+pub(crate) async fn push_blob(
     store: &Store,
     repo: &RepositoryName,
     media_type: &str,
@@ -128,7 +128,7 @@ async fn push_blob(
 }
 
 /// An image manifest's bytes, parsed the way the registry parses a PUT.
-fn image_manifest(
+pub(crate) fn image_manifest(
     config: &Descriptor,
     layers: &[Descriptor],
     subject: Option<&Descriptor>,

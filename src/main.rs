@@ -13,11 +13,13 @@ use berth::auth::users::Users;
 use berth::config::{ConfigFolder, watch_folder};
 use berth::controller::trigger::{self, RegistryHosts, TriggerMetrics};
 use berth::controller::{self, ControllerMetrics};
+use berth::gc::Collector;
 use berth::metrics::Metrics;
 use berth::policy::{Policy, Snapshot};
 use berth::registry::RegistryState;
 use berth::registry::events::PushEvents;
-use berth::storage::{StorageLocation, Store};
+use berth::schedule::Schedule;
+use berth::storage::{GcOptions, StorageLocation, Store};
 
 /// berth: a container registry configured by Kubernetes custom resources.
 #[derive(Parser)]
@@ -193,9 +195,41 @@ struct RegistryArgs {
     /// 429 TOOMANYREQUESTS and Retry-After. Default: 16 per thread.
     #[arg(long, env = "BERTH_PASSWORD_CHECK_QUEUE")]
     password_check_queue: Option<usize>,
+
+    /// When garbage collection runs: a cron schedule (five fields, UTC), or `off`.
+    /// It also runs after an AgingRule deleted tags, and on `POST /api/gc`.
+    #[arg(long, default_value = "0 4 * * *", env = "BERTH_GC_SCHEDULE")]
+    gc_schedule: String,
+
+    /// Blobs uploaded (or linked) more recently than this are kept even when no manifest
+    /// references them yet: a client uploads layers before the manifest that names them.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, env = "BERTH_GC_GRACE")]
+    gc_grace: std::time::Duration,
+
+    /// Manifests no tag reaches (pushed by digest, or whose tags moved or were deleted) are
+    /// collected once they were last pushed this long ago.
+    #[arg(long, default_value = "24h", value_parser = parse_duration, env = "BERTH_GC_UNTAGGED_DELAY")]
+    gc_untagged_delay: std::time::Duration,
 }
 
 impl RegistryArgs {
+    /// The garbage collector these flags describe, for `store`.
+    fn collector(
+        &self,
+        store: &Store,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> anyhow::Result<Arc<Collector>> {
+        let schedule = match self.gc_schedule.trim() {
+            "off" | "" => None,
+            text => Some(Schedule::parse(text).context("--gc-schedule")?),
+        };
+        let options = GcOptions {
+            grace: self.gc_grace,
+            untagged_delay: self.gc_untagged_delay,
+        };
+        Ok(Collector::new(store.clone(), options, schedule, registry))
+    }
+
     fn auth_settings(&self) -> berth::auth::Settings {
         let defaults = berth::auth::Settings::default();
         let threads = self
@@ -318,8 +352,11 @@ async fn serve_registry(
     policy: Policy,
     events: PushEvents,
     auth: Auth,
+    gc: Arc<Collector>,
 ) -> anyhow::Result<()> {
     let Storage { store, location } = storage;
+    tokio::spawn(gc.clone().run_on_schedule());
+    let gc_routes = berth::gc::router(gc, auth.clone(), policy.clone());
     if !args.upload_expiry.is_zero() {
         tokio::spawn(berth::storage::expire_uploads_periodically(
             store.clone(),
@@ -337,7 +374,7 @@ async fn serve_registry(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "berth registry listening");
     println!("berth listening on http://{addr} (storage: {location})");
-    berth::server::serve(listener, berth::server::app(state)).await?;
+    berth::server::serve(listener, berth::server::app(state).merge(gc_routes)).await?;
     Ok(())
 }
 
@@ -390,6 +427,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let events = PushEvents::default();
     let mut metrics = Metrics::new_unshared();
     let trigger_metrics = TriggerMetrics::register(&mut metrics.registry);
+    let gc = args
+        .registry
+        .collector(&storage.store, &mut metrics.registry)?;
     let (listener, hosts) = bind(&args.registry).await?;
     let policy = match &args.config_dir {
         None => {
@@ -440,6 +480,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         policy,
         events,
         auth,
+        gc,
     )
     .await
 }
@@ -454,6 +495,11 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     let mut metrics = Metrics::new_unshared();
     let controller_metrics = ControllerMetrics::register(&mut metrics.registry);
     let trigger_metrics = TriggerMetrics::register(&mut metrics.registry);
+    let gc = args
+        .registry
+        .collector(&storage.store, &mut metrics.registry)?;
+    // Only the leader collects; the operator turns it on when this replica leads.
+    gc.set_active(false);
     let metrics = Arc::new(metrics);
     let (listener, hosts) = bind(&args.registry).await?;
     let identity = args
@@ -470,7 +516,8 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
             args.selector.clone(),
             events.clone(),
         )
-        .with_triggers(hosts, trigger_metrics),
+        .with_triggers(hosts, trigger_metrics)
+        .with_gc(gc.clone()),
     );
     let election = controller::leader::LeaderElection::new(
         client.clone(),
@@ -516,6 +563,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         policy,
         events,
         auth,
+        gc,
     )
     .await
 }

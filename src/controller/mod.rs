@@ -28,6 +28,7 @@ pub use error::Error;
 pub use metrics::ControllerMetrics;
 pub use policy_watcher::watch_policy;
 
+use crate::gc::Collector;
 use crate::policy::Policy;
 use crate::registry::events::PushEvents;
 use crate::storage::Store;
@@ -50,6 +51,8 @@ pub struct Context {
     pub pushes: PushEvents,
     /// What the Triggers need: the cluster, storage, and this registry's host names.
     pub triggers: Arc<trigger::Env>,
+    /// Garbage collection: on while this replica leads, run after aging rules delete.
+    pub gc: Option<Arc<Collector>>,
     backoff: Backoff,
 }
 
@@ -83,7 +86,20 @@ impl Context {
             watch_config,
             pushes,
             triggers,
+            gc: None,
             backoff: Backoff::default(),
+        }
+    }
+
+    /// The garbage collector this replica runs while it leads.
+    pub fn with_gc(mut self, gc: Arc<Collector>) -> Self {
+        self.gc = Some(gc);
+        self
+    }
+
+    fn set_leading(&self, leading: bool) {
+        if let Some(gc) = &self.gc {
+            gc.set_active(leading);
         }
     }
 
@@ -128,10 +144,12 @@ pub async fn run_operator(ctx: Arc<Context>, election: leader::LeaderElection) {
             return;
         }
         tracing::info!("starting reconcilers");
+        ctx.set_leading(true);
         tokio::select! {
             _ = run_controllers(ctx.clone()) => {}
             _ = leading.wait_for(|l| !*l) => tracing::warn!("stopped reconciling: no longer the leader"),
         }
+        ctx.set_leading(false);
     }
 }
 

@@ -83,7 +83,7 @@ fn unauthorized(
 }
 
 /// `TOOMANYREQUESTS` with `Retry-After` (whole seconds, at least one).
-pub(super) fn slow_down(message: String, wait: std::time::Duration) -> RegistryError {
+pub(crate) fn slow_down(message: String, wait: std::time::Duration) -> RegistryError {
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     RegistryError::new(ErrorCode::TooManyRequests, message).with_header(
         header::RETRY_AFTER,

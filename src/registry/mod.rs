@@ -2,7 +2,7 @@
 //! once, then handed to the handler for its area; handlers are thin: they read
 //! headers and query, make one storage call, and shape the reply.
 
-mod access;
+pub(crate) mod access;
 mod blobs;
 mod catalog;
 pub mod content_range;

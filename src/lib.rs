@@ -4,6 +4,7 @@
 //! Data flows one way: HTTP ([`registry`]) → storage ([`storage`]). Neither depends on
 //! Kubernetes.
 
+pub mod aging;
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -23,6 +23,13 @@ use super::common::TagFilter;
     printcolumn(name = "Dry Run", type_ = "boolean", json_path = ".spec.dryRun"),
     printcolumn(name = "Last Run", type_ = "date", json_path = ".status.lastRun"),
     printcolumn(
+        name = "Deleted",
+        type_ = "integer",
+        json_path = ".status.deletedCount"
+    ),
+    printcolumn(name = "Freed", type_ = "integer", json_path = ".status.bytesFreed"),
+    printcolumn(name = "Next Run", type_ = "date", json_path = ".status.nextRun"),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -54,11 +61,13 @@ pub struct AgingRuleSpec {
     #[schemars(range(min = 1))]
     pub keep_count: Option<i32>,
 
-    /// Which tags the rule may delete.
+    /// Which tags the rule may delete: `include` patterns (all tags when empty), and
+    /// `exclude` patterns that are always kept (e.g. `latest`, `v*`).
     #[serde(default)]
     pub tags: TagFilter,
 
-    /// A cron schedule (5 fields, UTC). Daily at 03:00 when absent.
+    /// A cron schedule (5 fields, UTC). Daily at 03:00 when absent. To run at once,
+    /// annotate the rule: `kubectl annotate agingrule NAME berth.dev/run-now=$(date +%s) --overwrite`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^\S+( \S+){4}$"))]
     pub schedule: Option<String>,
@@ -75,16 +84,38 @@ pub struct AgingRuleStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready` is True when the rule is valid and scheduled.
+    /// `Ready` is True when the rule is valid and scheduled; its reason says how the last run went.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// When the rule last ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<Time>,
-    /// Tags deleted by the last run, or that would be in a dry run (bounded).
+    /// When the schedule runs it next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<Time>,
+    /// The `berth.dev/run-now` annotation value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_request: Option<String>,
+    /// Whether the last run was a dry run (nothing deleted).
+    #[serde(default)]
+    pub last_run_dry: bool,
+    /// How many tags the last run deleted (or would have, in a dry run).
+    #[serde(default)]
+    pub deleted_count: i64,
+    /// How many tags the last run kept.
+    #[serde(default)]
+    pub kept_count: i64,
+    /// Bytes the garbage collection right after the last run freed.
+    #[serde(default)]
+    pub bytes_freed: i64,
+    /// Tags deleted by the last run, or that would be in a dry run (the first 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deleted: Vec<DeletedTag>,
+    /// Tags the last run kept although the policy alone would delete them or that it
+    /// always keeps, with the reason (the first 100): InUse, Immutable, Excluded, Moved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<KeptTag>,
 }
 
 /// A tag the rule deleted or would delete.
@@ -97,4 +128,20 @@ pub struct DeletedTag {
     pub tag: String,
     /// The manifest digest the tag pointed at.
     pub digest: String,
+}
+
+/// A tag the rule kept, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeptTag {
+    /// The repository, `namespace/name`.
+    pub repository: String,
+    /// The tag.
+    pub tag: String,
+    /// The manifest digest the tag points at.
+    pub digest: String,
+    /// InUse, Immutable, Excluded or Moved.
+    pub reason: String,
+    /// In words, e.g. which workload uses it.
+    pub message: String,
 }

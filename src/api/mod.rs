@@ -18,7 +18,7 @@ mod sync_rule;
 #[allow(clippy::duplicated_attributes)]
 mod trigger;
 
-pub use aging_rule::{AgingRule, AgingRuleSpec, AgingRuleStatus, DeletedTag};
+pub use aging_rule::{AgingRule, AgingRuleSpec, AgingRuleStatus, DeletedTag, KeptTag};
 pub use common::{Member, Permission, Quota, TagFilter, Visibility};
 pub use namespace::{Namespace, NamespaceSpec, NamespaceStatus};
 pub use repository::{DeletionPolicy, Repository, RepositorySpec, RepositoryStatus, Share};

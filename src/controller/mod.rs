@@ -3,6 +3,7 @@
 //! the Triggers matching the pushes it receives (see [`trigger`]); only the leader (see
 //! [`leader`]) runs the reconcilers that write status and storage.
 
+pub mod aging_rule;
 pub mod auth_secrets;
 mod backoff;
 mod error;
@@ -161,7 +162,7 @@ pub async fn run_controllers(ctx: Arc<Context>) {
         drain(namespace::controller(c.clone(), cfg.clone(), ctx.clone())),
         drain(repository::controller(c.clone(), cfg.clone(), ctx.clone())),
         drain(validated::sync_rules(c.clone(), cfg.clone(), ctx.clone())),
-        drain(validated::aging_rules(c.clone(), cfg.clone(), ctx.clone())),
+        drain(aging_rule::controller(c.clone(), cfg.clone(), ctx.clone())),
         drain(trigger::controller(c.clone(), cfg.clone(), ctx.clone())),
     );
 }

@@ -1,6 +1,6 @@
-//! SyncRule and AgingRule: checked against the cluster and the registry
-//! configuration, and reported Ready (or why not). Their behaviour comes with their
-//! own features; until then Ready says so. (Triggers have their own module, `trigger`.)
+//! SyncRule: checked against the cluster and the registry configuration, and reported
+//! Ready (or why not). Its behaviour comes with its own feature; until then Ready says
+//! so. (Triggers and AgingRules have their own modules.)
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use super::{Context, Error, RESYNC, on_error, status};
-use crate::api::{AgingRule, AgingRuleStatus, SyncRule, SyncRuleStatus};
+use crate::api::{SyncRule, SyncRuleStatus};
 
 /// The outcome of validating one resource.
 struct Verdict {
@@ -113,52 +113,6 @@ async fn reconcile_sync_rule(rule: Arc<SyncRule>, ctx: Arc<Context>) -> Result<A
     };
     status::apply(
         &Api::<SyncRule>::all(ctx.client.clone()),
-        &rule.name_any(),
-        rule.status.as_ref(),
-        &status,
-    )
-    .await?;
-    ctx.backoff.reset(&rule.name_any());
-    Ok(Action::requeue(RESYNC))
-}
-
-pub fn aging_rules(
-    client: Client,
-    config: watcher::Config,
-    ctx: Arc<Context>,
-) -> impl Stream<Item = Result<(ObjectRef<AgingRule>, Action), impl std::fmt::Display>> {
-    Controller::new(Api::<AgingRule>::all(client), config)
-        .shutdown_on_signal()
-        .run(
-            reconcile_aging_rule,
-            |r, e, c| on_error("AgingRule", r.name_any(), e, &c),
-            ctx,
-        )
-}
-
-async fn reconcile_aging_rule(rule: Arc<AgingRule>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.start("AgingRule");
-    let verdict = namespace_missing(&ctx, &rule.spec.namespace)
-        .unwrap_or_else(|| Verdict::accepted("valid; tags are not aged by this version of berth"));
-    let generation = rule.metadata.generation;
-    let status = AgingRuleStatus {
-        observed_generation: generation,
-        conditions: status::ready_conditions(
-            rule.status.as_ref().map(|s| &s.conditions),
-            verdict.ready,
-            verdict.reason,
-            verdict.message,
-            generation,
-        ),
-        last_run: rule.status.as_ref().and_then(|s| s.last_run.clone()),
-        deleted: rule
-            .status
-            .as_ref()
-            .map(|s| s.deleted.clone())
-            .unwrap_or_default(),
-    };
-    status::apply(
-        &Api::<AgingRule>::all(ctx.client.clone()),
         &rule.name_any(),
         rule.status.as_ref(),
         &status,

@@ -28,6 +28,21 @@ impl Snapshot {
         quotas
     }
 
+    /// The scope whose tag writes must not interleave (see `Store::lock_tags`): the
+    /// namespace when its tag count is limited (pushes into any of its repositories
+    /// count against one number), otherwise the repository.
+    pub fn tag_scope(&self, repo: &RepositoryName) -> String {
+        let namespace_counts = self
+            .quotas(repo)
+            .iter()
+            .any(|(scope, quota)| *scope == QuotaScope::Namespace && quota.max_tags.is_some());
+        if namespace_counts {
+            format!("namespace {}", repo.namespace())
+        } else {
+            format!("repository {repo}")
+        }
+    }
+
     /// The pattern that makes `tag` immutable in `repo`, if one does.
     pub fn immutable_pattern(&self, repo: &RepositoryName, tag: &str) -> Option<&str> {
         self.repository(repo)?

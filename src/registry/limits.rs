@@ -187,16 +187,7 @@ async fn check_quota(
 /// limited (pushes into any of its repositories count against one number), otherwise
 /// the repository.
 pub fn tag_scope(state: &RegistryState, repo: &RepositoryName) -> String {
-    let snapshot = state.policy.current();
-    let namespace_counts = snapshot
-        .quotas(repo)
-        .iter()
-        .any(|(scope, quota)| *scope == QuotaScope::Namespace && quota.max_tags.is_some());
-    if namespace_counts {
-        format!("namespace {}", repo.namespace())
-    } else {
-        format!("repository {repo}")
-    }
+    state.policy.current().tag_scope(repo)
 }
 
 /// Bytes a blob adds to `repo`: none when the repository already links it.

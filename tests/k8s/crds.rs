@@ -221,7 +221,10 @@ async fn kubectl_get_berth_lists_every_kind_with_its_printer_columns() {
         "LAST RUN",
     ];
     assert_eq!(header[..6], columns);
-    assert_eq!(header[6..], ["READY", "AGE"]);
+    assert_eq!(
+        header[6..],
+        ["DELETED", "FREED", "NEXT RUN", "READY", "AGE"]
+    );
     assert_eq!(cells[1..5], [team.as_str(), "30", "", "true"]);
     let (header, cells) = row(&format!("trigger.berth.dev/{name}"));
     let columns = [

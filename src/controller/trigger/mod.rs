@@ -41,7 +41,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{broadcast, mpsc};
 
 pub use metrics::TriggerMetrics;
-pub use select::RegistryHosts;
+pub use select::{RegistryHosts, parse_image};
 
 use super::{Context, Error, RESYNC, on_error};
 use crate::api::{Trigger, WorkloadKind};

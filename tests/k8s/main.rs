@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod aging;
 mod auth;
 mod chart;
 mod cluster;

@@ -26,7 +26,7 @@ use crate::resources::berth;
 const QUIET: Duration = Duration::from_secs(4);
 
 /// An operator that manages only this test's resources.
-fn operator(cluster: &TestCluster, extra: &[&str]) -> Operator {
+pub(crate) fn operator(cluster: &TestCluster, extra: &[&str]) -> Operator {
     let selector = format!("{TEST_LABEL}={}", cluster.id());
     let mut args = vec!["--selector", selector.as_str()];
     args.extend_from_slice(extra);
@@ -34,7 +34,7 @@ fn operator(cluster: &TestCluster, extra: &[&str]) -> Operator {
 }
 
 /// Waits until `check` returns `Some`, polling; panics with `what` and the last value.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub(crate) async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
@@ -52,7 +52,7 @@ where
 }
 
 /// A berth Namespace for pushes, Ready.
-async fn registry_namespace(cluster: &TestCluster) -> String {
+pub(crate) async fn registry_namespace(cluster: &TestCluster) -> String {
     let name = cluster.unique("team");
     cluster
         .create(&berth("Namespace", &name, json!({})))

@@ -123,7 +123,7 @@ async fn a_minimal_pull_sync_rule_is_accepted() {
 }
 
 #[tokio::test]
-async fn a_minimal_aging_rule_really_deletes() {
+async fn a_minimal_aging_rule_gets_the_documented_defaults() {
     let Some(cluster) = TestCluster::start("apply-aging").await else {
         return;
     };

@@ -352,9 +352,13 @@ async fn serve_registry(
     policy: Policy,
     events: PushEvents,
     auth: Auth,
-    gc: Arc<Collector>,
 ) -> anyhow::Result<()> {
-    let Storage { store, location } = storage;
+    let Storage {
+        store,
+        location,
+        gc,
+    } = storage;
+    let gc = gc.context("garbage collection is set up before serving")?;
     tokio::spawn(gc.clone().run_on_schedule());
     let gc_routes = berth::gc::router(gc, auth.clone(), policy.clone());
     if !args.upload_expiry.is_zero() {
@@ -390,6 +394,8 @@ fn location(args: &RegistryArgs) -> anyhow::Result<StorageLocation> {
 struct Storage {
     store: Store,
     location: StorageLocation,
+    /// Garbage collection of `store`, set up once metrics exist (see `with_gc`).
+    gc: Option<Arc<Collector>>,
 }
 
 fn open_store(args: &RegistryArgs) -> anyhow::Result<Storage> {
@@ -398,7 +404,11 @@ fn open_store(args: &RegistryArgs) -> anyhow::Result<Storage> {
         .with_context(|| format!("opening storage {location}"))?
         .with_upload_buffer(args.max_upload_buffer)
         .context("--max-upload-buffer")?;
-    Ok(Storage { store, location })
+    Ok(Storage {
+        store,
+        location,
+        gc: None,
+    })
 }
 
 fn standalone_signing_key(
@@ -419,7 +429,7 @@ fn standalone_signing_key(
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let storage = open_store(&args.registry)?;
+    let mut storage = open_store(&args.registry)?;
     let users = match &args.config_dir {
         None => Users::default(),
         Some(_) => Users::pending(),
@@ -427,9 +437,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let events = PushEvents::default();
     let mut metrics = Metrics::new_unshared();
     let trigger_metrics = TriggerMetrics::register(&mut metrics.registry);
-    let gc = args
-        .registry
-        .collector(&storage.store, &mut metrics.registry)?;
+    storage.gc = Some(
+        args.registry
+            .collector(&storage.store, &mut metrics.registry)?,
+    );
     let (listener, hosts) = bind(&args.registry).await?;
     let policy = match &args.config_dir {
         None => {
@@ -480,7 +491,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         policy,
         events,
         auth,
-        gc,
     )
     .await
 }
@@ -489,7 +499,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (in-cluster, or KUBECONFIG)")?;
-    let storage = open_store(&args.registry)?;
+    let mut storage = open_store(&args.registry)?;
     let policy = Policy::pending();
     let events = PushEvents::default();
     let mut metrics = Metrics::new_unshared();
@@ -500,6 +510,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         .collector(&storage.store, &mut metrics.registry)?;
     // Only the leader collects; the operator turns it on when this replica leads.
     gc.set_active(false);
+    storage.gc = Some(gc.clone());
     let metrics = Arc::new(metrics);
     let (listener, hosts) = bind(&args.registry).await?;
     let identity = args
@@ -563,7 +574,6 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         policy,
         events,
         auth,
-        gc,
     )
     .await
 }

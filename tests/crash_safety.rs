@@ -358,3 +358,97 @@ async fn abandoned_uploads_are_deleted_after_the_expiry() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(r.headers()["range"], "0-4");
 }
+
+/// Every tag in `tags` serves its manifest and every blob it names, whole.
+async fn assert_tags_pull_whole(client: &Client, url: &str, tags: &[(String, String)]) {
+    for (tag, digest) in tags {
+        let r = client
+            .get(format!("{url}/v2/app/manifests/{tag}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "tag {tag} is broken");
+        assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+        let m: serde_json::Value = r.json().await.unwrap();
+        let mut blobs = vec![m["config"]["digest"].as_str().unwrap().to_string()];
+        for l in m["layers"].as_array().unwrap() {
+            blobs.push(l["digest"].as_str().unwrap().to_string());
+        }
+        for blob in blobs {
+            let r = client
+                .get(format!("{url}/v2/app/blobs/{blob}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "tag {tag} lost blob {blob}");
+            assert_eq!(
+                sha256(&r.bytes().await.unwrap()),
+                blob,
+                "tag {tag}: blob torn"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_berth_mid_garbage_collection_breaks_no_tag() {
+    let mut berth = Berth::start_with(&["--gc-grace", "0s", "--gc-untagged-delay", "0s"], &[]);
+    let client = Client::new();
+    let url = berth.url();
+    let mut kept = Vec::new();
+    for i in 0..20u64 {
+        let tag = format!("keep-{i}");
+        kept.push((
+            tag.clone(),
+            push_image(&client, &url, "app", &tag, i).await.unwrap(),
+        ));
+    }
+    // Garbage: images deleted again, half of them sharing a layer with a kept image.
+    for i in 0..300u64 {
+        let seed = if i % 2 == 0 { i % 20 } else { 10_000 + i };
+        let tag = format!("gone-{i}");
+        push_image(&client, &url, "app", &tag, seed).await.unwrap();
+        let r = client
+            .delete(format!("{url}/v2/app/manifests/{tag}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+
+    let mut interrupted = 0;
+    for round in 0..6u64 {
+        let url = berth.url();
+        let collection = tokio::spawn({
+            let client = client.clone();
+            let url = url.clone();
+            async move { client.post(format!("{url}/api/gc")).send().await }
+        });
+        tokio::time::sleep(Duration::from_millis(15 + 25 * round)).await;
+        berth.kill();
+        if !matches!(collection.await, Ok(Ok(r)) if r.status() == StatusCode::OK) {
+            interrupted += 1;
+        }
+        berth.restart();
+        assert_every_stored_blob_matches_its_digest(&berth);
+        assert_tags_pull_whole(&client, &berth.url(), &kept).await;
+    }
+
+    // Run to the end: the garbage is gone, the kept images stay whole.
+    let r = client
+        .post(format!("{}/api/gc", berth.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(report["run"]["reason"], "request", "{report}");
+    assert_tags_pull_whole(&client, &berth.url(), &kept).await;
+    // 20 kept layers, one shared config, and the 20 kept manifests.
+    let blobs = files_under(&berth.data_dir.join("blobs"))
+        .into_iter()
+        .filter(|f| !f.contains('#'))
+        .count();
+    assert_eq!(blobs, 41, "only what the kept tags use remains");
+    assert!(interrupted >= 1, "no kill landed during a collection");
+}

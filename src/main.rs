@@ -461,6 +461,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 policy.clone(),
                 users.clone(),
             ));
+            if let Some(gc) = &storage.gc {
+                tokio::spawn(berth::aging::standalone::run(
+                    ConfigFolder::new(dir),
+                    storage.store.clone(),
+                    policy.clone(),
+                    gc.clone(),
+                ));
+            }
             policy
         }
     };

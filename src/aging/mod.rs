@@ -7,6 +7,7 @@
 //! deleted too, so the garbage collection that follows frees its layers.
 
 pub mod plan;
+pub mod standalone;
 
 use std::collections::{BTreeSet, HashMap};
 

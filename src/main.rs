@@ -18,6 +18,7 @@ use berth::policy::{Policy, Snapshot};
 use berth::registry::RegistryState;
 use berth::registry::events::PushEvents;
 use berth::storage::{StorageLocation, Store};
+use berth::sync::{self, SyncMetrics};
 
 /// berth: a container registry configured by Kubernetes custom resources.
 #[derive(Parser)]
@@ -309,36 +310,34 @@ async fn bind(args: &RegistryArgs) -> anyhow::Result<(tokio::net::TcpListener, R
     Ok((listener, hosts))
 }
 
-/// Serves the registry with `policy` on the bound `listener`.
+/// Serves the registry of `state` on the bound `listener`.
 async fn serve_registry(
     args: &RegistryArgs,
     listener: tokio::net::TcpListener,
-    storage: Storage,
-    metrics: Arc<Metrics>,
-    policy: Policy,
-    events: PushEvents,
-    auth: Auth,
+    state: RegistryState,
+    location: &StorageLocation,
 ) -> anyhow::Result<()> {
-    let Storage { store, location } = storage;
     if !args.upload_expiry.is_zero() {
         tokio::spawn(berth::storage::expire_uploads_periodically(
-            store.clone(),
+            state.store.clone(),
             args.upload_expiry,
-            metrics.uploads_expired.clone(),
+            state.metrics.uploads_expired.clone(),
         ));
     }
-    let state = RegistryState {
-        store,
-        metrics,
-        policy,
-        events,
-        auth,
-    };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "berth registry listening");
     println!("berth listening on http://{addr} (storage: {location})");
     berth::server::serve(listener, berth::server::app(state)).await?;
     Ok(())
+}
+
+/// The replication engine, storing what it pulls through `state`'s own router.
+fn sync_engine(state: &RegistryState, metrics: Arc<SyncMetrics>) -> Arc<sync::Engine> {
+    let local = sync::client::Registry::in_process(
+        berth::registry::router(state.clone()),
+        sync::engine_identity(),
+    );
+    sync::Engine::new(local, state.store.clone(), metrics)
 }
 
 fn location(args: &RegistryArgs) -> anyhow::Result<StorageLocation> {
@@ -390,6 +389,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let events = PushEvents::default();
     let mut metrics = Metrics::new_unshared();
     let trigger_metrics = TriggerMetrics::register(&mut metrics.registry);
+    let sync_metrics = SyncMetrics::register(&mut metrics.registry);
     let (listener, hosts) = bind(&args.registry).await?;
     let policy = match &args.config_dir {
         None => {
@@ -432,16 +432,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    serve_registry(
-        &args.registry,
-        listener,
-        storage,
-        Arc::new(metrics),
+    let state = RegistryState {
+        store: storage.store.clone(),
+        metrics: Arc::new(metrics),
         policy,
-        events,
+        events: events.clone(),
         auth,
-    )
-    .await
+    };
+    if let Some(dir) = &args.config_dir {
+        let engine = sync_engine(&state, sync_metrics);
+        tokio::spawn(engine.clone().listen(events));
+        tokio::spawn(sync::standalone::run(
+            ConfigFolder::new(dir),
+            engine,
+            storage.store.clone(),
+        ));
+    }
+    serve_registry(&args.registry, listener, state, &storage.location).await
 }
 
 async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
@@ -454,24 +461,13 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     let mut metrics = Metrics::new_unshared();
     let controller_metrics = ControllerMetrics::register(&mut metrics.registry);
     let trigger_metrics = TriggerMetrics::register(&mut metrics.registry);
+    let sync_metrics = SyncMetrics::register(&mut metrics.registry);
     let metrics = Arc::new(metrics);
     let (listener, hosts) = bind(&args.registry).await?;
     let identity = args
         .identity
         .clone()
         .unwrap_or_else(|| format!("berth-{}", uuid::Uuid::new_v4()));
-    let ctx = Arc::new(
-        controller::Context::new(
-            client.clone(),
-            storage.store.clone(),
-            policy.clone(),
-            controller_metrics,
-            args.namespace.clone(),
-            args.selector.clone(),
-            events.clone(),
-        )
-        .with_triggers(hosts, trigger_metrics),
-    );
     let election = controller::leader::LeaderElection::new(
         client.clone(),
         &args.namespace,
@@ -502,22 +498,35 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         key,
         args.registry.auth_settings(),
         Some(ServiceAccountReviewer::new(
-            Arc::new(controller::token_review::ApiTokenReviews::new(client)),
+            Arc::new(controller::token_review::ApiTokenReviews::new(
+                client.clone(),
+            )),
             args.service_account_audience.clone(),
         )),
         metrics.password_checks.clone(),
     );
-    tokio::spawn(controller::run_operator(ctx, election));
-    serve_registry(
-        &args.registry,
-        listener,
-        storage,
+    let state = RegistryState {
+        store: storage.store.clone(),
         metrics,
-        policy,
-        events,
+        policy: policy.clone(),
+        events: events.clone(),
         auth,
-    )
-    .await
+    };
+    let ctx = Arc::new(
+        controller::Context::new(
+            client.clone(),
+            storage.store.clone(),
+            policy.clone(),
+            controller_metrics,
+            args.namespace.clone(),
+            args.selector.clone(),
+            events.clone(),
+            sync_engine(&state, sync_metrics),
+        )
+        .with_triggers(hosts, trigger_metrics),
+    );
+    tokio::spawn(controller::run_operator(ctx, election));
+    serve_registry(&args.registry, listener, state, &storage.location).await
 }
 
 async fn login_command(args: LoginCommandArgs) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ mod policy_watcher;
 pub mod pull_secrets;
 mod repository;
 mod status;
+mod sync_rule;
 pub mod token_review;
 pub mod trigger;
 mod validated;
@@ -50,6 +51,8 @@ pub struct Context {
     pub pushes: PushEvents,
     /// What the Triggers need: the cluster, storage, and this registry's host names.
     pub triggers: Arc<trigger::Env>,
+    /// The replication engine the SyncRules run on (leader only).
+    pub sync: Arc<crate::sync::Engine>,
     backoff: Backoff,
 }
 
@@ -62,6 +65,7 @@ impl Context {
         own_namespace: String,
         selector: Option<String>,
         pushes: PushEvents,
+        sync: Arc<crate::sync::Engine>,
     ) -> Self {
         let watch_config = match selector {
             Some(s) => watcher::Config::default().labels(&s),
@@ -83,6 +87,7 @@ impl Context {
             watch_config,
             pushes,
             triggers,
+            sync,
             backoff: Backoff::default(),
         }
     }
@@ -122,6 +127,7 @@ pub async fn run_operator(ctx: Arc<Context>, election: leader::LeaderElection) {
     ));
     tokio::spawn(trigger::listen_in_cluster(ctx.clone()));
     tokio::spawn(election.run(leading_tx));
+    tokio::spawn(ctx.sync.clone().listen(ctx.pushes.clone()));
     loop {
         // Wait to lead, then reconcile until leadership is lost (dropping the controllers).
         if leading.wait_for(|l| *l).await.is_err() {
@@ -132,6 +138,8 @@ pub async fn run_operator(ctx: Arc<Context>, election: leader::LeaderElection) {
             _ = run_controllers(ctx.clone()) => {}
             _ = leading.wait_for(|l| !*l) => tracing::warn!("stopped reconciling: no longer the leader"),
         }
+        // Only the leader replicates: another replica's rules take over from here.
+        ctx.sync.clear();
     }
 }
 
@@ -142,7 +150,7 @@ pub async fn run_controllers(ctx: Arc<Context>) {
     tokio::join!(
         drain(namespace::controller(c.clone(), cfg.clone(), ctx.clone())),
         drain(repository::controller(c.clone(), cfg.clone(), ctx.clone())),
-        drain(validated::sync_rules(c.clone(), cfg.clone(), ctx.clone())),
+        drain(sync_rule::controller(c.clone(), cfg.clone(), ctx.clone())),
         drain(validated::aging_rules(c.clone(), cfg.clone(), ctx.clone())),
         drain(trigger::controller(c.clone(), cfg.clone(), ctx.clone())),
     );

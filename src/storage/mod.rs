@@ -23,6 +23,7 @@ mod parts;
 mod pipeline;
 mod read;
 mod repositories;
+mod sync_state;
 mod tag_times;
 mod upload_expiry;
 pub use upload_expiry::expire_uploads_periodically;

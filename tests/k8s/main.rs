@@ -15,4 +15,5 @@ mod kubectl_output;
 mod operator;
 mod reconcile;
 mod resources;
+mod sync;
 mod triggers;

@@ -57,6 +57,10 @@ pub struct Context {
 }
 
 impl Context {
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is a separate dependency of the reconcilers, built once in main"
+    )]
     pub fn new(
         client: Client,
         store: Store,

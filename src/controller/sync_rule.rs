@@ -215,7 +215,7 @@ async fn reconcile(rule: Arc<SyncRule>, sctx: Arc<SyncContext>) -> Result<Action
         },
         last_success: state
             .last_success
-            .map(|t| Time(t))
+            .map(Time)
             .or_else(|| previous.and_then(|s| s.last_success.clone())),
         last_sync_now,
     };

@@ -203,15 +203,28 @@ impl Engine {
 
     /// Stops and forgets rules not in `names`.
     pub fn retain(&self, names: &[String]) {
-        self.rules
-            .lock()
-            .expect("rules")
-            .retain(|name, _| names.contains(name));
+        self.rules.lock().expect("rules").retain(|name, handle| {
+            let keep = names.contains(name);
+            if !keep {
+                self.forget_health(handle);
+            }
+            keep
+        });
     }
 
     /// Stops every rule (leadership lost).
     pub fn clear(&self) {
-        self.rules.lock().expect("rules").clear();
+        self.retain(&[]);
+    }
+
+    /// A rule going away no longer counts as failing.
+    fn forget_health(&self, handle: &RuleHandle) {
+        if matches!(
+            handle.state.lock().expect("rule state").health,
+            Health::Failing { .. }
+        ) {
+            self.metrics.failing_rules.dec();
+        }
     }
 
     /// Asks rule `name` to compare and copy everything now; `request` identifies the
@@ -622,6 +635,8 @@ impl Worker {
                 Ok(())
             }
             Err(e) => {
+                // The other side may have lost what it was known to have: check again.
+                self.known.clear();
                 self.engine.metrics.copied(direction, "Failed");
                 self.record(record("Failed", None, Some(e.to_string())));
                 Err(e)

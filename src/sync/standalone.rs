@@ -120,7 +120,7 @@ pub async fn run(folder: ConfigFolder, engine: Arc<Engine>, store: Store) {
     let mut changes = engine.changes();
     let mut applied: Option<String> = None;
     let mut requests: HashMap<String, String> = HashMap::new();
-    let mut reported: HashMap<String, (Health, usize)> = HashMap::new();
+    let mut reported: HashMap<String, (Health, Option<(jiff::Timestamp, String)>)> = HashMap::new();
     let mut poll = tokio::time::interval(POLL);
     loop {
         tokio::select! {
@@ -172,7 +172,7 @@ pub async fn run(folder: ConfigFolder, engine: Arc<Engine>, store: Store) {
             changed = changes.recv() => {
                 let Ok(name) = changed else { continue };
                 let Some(state) = engine.state(&name) else { continue };
-                let (health, seen) = reported.entry(name.clone()).or_insert((Health::Starting, 0));
+                let (health, seen) = reported.entry(name.clone()).or_insert((Health::Starting, None));
                 if *health != state.health {
                     match &state.health {
                         Health::Failing { reason, message } => tracing::warn!(rule = %name, reason, %message, "sync rule not ready"),
@@ -180,13 +180,18 @@ pub async fn run(folder: ConfigFolder, engine: Arc<Engine>, store: Store) {
                     }
                     *health = state.health.clone();
                 }
-                let total = state.records.len();
-                if let Some(newest) = state.records.front()
-                    && total != *seen
-                {
-                    tracing::info!(rule = %name, result = newest.result, repository = %newest.repository, tag = %newest.tag, bytes = newest.bytes, message = ?newest.message, "sync task");
+                // Log the records added since the last report, oldest first.
+                let fresh: Vec<_> = state
+                    .records
+                    .iter()
+                    .take_while(|r| seen.as_ref() != Some(&(r.started, r.tag.clone())))
+                    .collect();
+                for r in fresh.iter().rev() {
+                    tracing::info!(rule = %name, result = r.result, repository = %r.repository, tag = %r.tag, digest = ?r.digest, bytes = r.bytes, message = ?r.message, "sync task");
                 }
-                *seen = total;
+                if let Some(newest) = state.records.front() {
+                    *seen = Some((newest.started, newest.tag.clone()));
+                }
             }
         }
     }

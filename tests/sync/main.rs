@@ -29,7 +29,7 @@ fn push_rule(name: &str, remote: &str, extra: &str) -> String {
 async fn a_push_is_replicated_to_another_berth_sending_only_missing_blobs() {
     let remote = Berth::start();
     let folder = Folder::new(&push_rule("to-b", &remote.url(), ""));
-    let (source, reg) = berth_with(&folder);
+    let (source, reg) = berth_with(&folder).await;
     let b = Reg::open(remote.url());
     let shared = layer("shared", 300_000);
     let first = layer("first", 100_000);
@@ -42,7 +42,7 @@ async fn a_push_is_replicated_to_another_berth_sending_only_missing_blobs() {
     .await;
     let after_first = metric(&source.url(), "berth_sync_bytes_total{direction=\"Push\"}").await;
     assert!(
-        after_first >= 400_000.0 && after_first < 401_000.0,
+        (400_000.0..401_000.0).contains(&after_first),
         "the first image sends both layers and its config: {after_first}"
     );
     let second = layer("second", 50_000);
@@ -101,7 +101,7 @@ async fn push_to_a_berth_with_auth_uses_a_dockerconfigjson_secret_and_the_token_
             )
         )
     ));
-    let (_source, reg) = berth_with(&folder);
+    let (_source, reg) = berth_with(&folder).await;
     let (digest, _) = reg
         .push_image("team-a/web", "1.0", &[&layer("web", 10_000)], "web")
         .await;
@@ -126,7 +126,7 @@ async fn an_index_with_a_referrer_goes_to_distribution_by_fallback_tag_and_comes
         &dist.url,
         "  tags: {include: [\"v*\"]}\n",
     ));
-    let (_source, reg) = berth_with(&folder);
+    let (_source, reg) = berth_with(&folder).await;
     let (index, index_bytes) = reg
         .push_index("team-a/multi", "v1", &layer("base", 20_000))
         .await;
@@ -183,7 +183,7 @@ async fn an_index_with_a_referrer_goes_to_distribution_by_fallback_tag_and_comes
             dist.url
         ),
     ));
-    let (_back, back) = berth_with(&back_folder);
+    let (_back, back) = berth_with(&back_folder).await;
     wait_until("the index pulled back with its signature", WAIT, || async {
         back.digest("team-a/multi", "v1").await.as_deref() == Some(index.as_str())
             && back.digest("team-a/multi", &sig).await.is_some()
@@ -234,7 +234,7 @@ async fn two_remotes_are_mirrored_into_one_namespace() {
             )
         ),
     ));
-    let (_berth, reg) = berth_with(&folder);
+    let (_berth, reg) = berth_with(&folder).await;
     wait_until("both mirrored", WAIT, || async {
         reg.digest("team-a/alpine", "3.20").await.as_deref() == Some(from_dist.as_str())
             && reg.digest("team-a/tools", "1").await.as_deref() == Some(from_berth.as_str())
@@ -252,7 +252,7 @@ async fn overwrite_false_leaves_a_differing_remote_tag_and_records_a_conflict() 
         .push_image("mirror/app", "v1", &[&layer("theirs", 1000)], "theirs")
         .await;
     let folder = Folder::new(&push_rule("to-b", &remote.url(), "  overwrite: false\n"));
-    let (source, reg) = berth_with(&folder);
+    let (source, reg) = berth_with(&folder).await;
     let (ours, _) = reg
         .push_image("team-a/app", "v1", &[&layer("ours", 1000)], "ours")
         .await;
@@ -291,7 +291,7 @@ async fn sync_existing_brings_over_tags_pushed_before_the_rule() {
     let remote = Berth::start();
     let b = Reg::open(remote.url());
     let folder = Folder::new("");
-    let (_source, reg) = berth_with(&folder);
+    let (_source, reg) = berth_with(&folder).await;
     let (old, _) = reg
         .push_image("team-a/legacy", "1.0", &[&layer("old", 1000)], "old")
         .await;
@@ -325,7 +325,7 @@ async fn a_remote_that_is_down_is_reported_and_caught_up_with_when_it_comes_back
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let folder = Folder::new(&push_rule("to-b", &format!("http://{addr}"), ""));
-    let (source, reg) = berth_with(&folder);
+    let (source, reg) = berth_with(&folder).await;
     let (d1, _) = reg
         .push_image("team-a/app", "v1", &[&layer("down1", 5000)], "1")
         .await;
@@ -349,27 +349,27 @@ async fn a_remote_that_is_down_is_reported_and_caught_up_with_when_it_comes_back
     .await;
 }
 
-/// berth is killed while it copies a large image; started again, it finishes the copy.
+/// berth is killed while it copies a large image (the remote behind a slow link, so
+/// the kill lands mid-blob); started again, it finishes the copy.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_copy_cut_short_by_a_kill_is_finished_after_restart() {
     let remote = Berth::start();
-    let folder = Folder::new(&push_rule("to-b", &remote.url(), ""));
-    let (mut source, reg) = berth_with(&folder);
-    let big = layer("big", 48 << 20);
+    let link = SlowLink::start(&remote.addr, 8 << 20).await;
+    let folder = Folder::new(&push_rule("to-b", &link.url, ""));
+    let (mut source, reg) = berth_with(&folder).await;
+    let big = layer("big", 32 << 20);
     let (digest, _) = reg.push_image("team-a/big", "v1", &[&big], "big").await;
-    // The copy starts within milliseconds of the push; kill it while the blob streams.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_until("the blob on its way", WAIT, || async {
+        link.forwarded.load(std::sync::atomic::Ordering::Relaxed) > 4 << 20
+    })
+    .await;
     source.kill();
     let b = Reg::open(remote.url());
-    assert_eq!(
-        b.digest("mirror/big", "v1").await,
-        None,
-        "killed before the manifest went"
-    );
+    assert_eq!(b.digest("mirror/big", "v1").await, None, "killed mid-copy");
     source.restart();
     wait_until(
         "the copy finished after the restart",
-        Duration::from_secs(60),
+        Duration::from_secs(90),
         || async { b.digest("mirror/big", "v1").await.as_deref() == Some(digest.as_str()) },
     )
     .await;
@@ -383,7 +383,7 @@ async fn a_copy_cut_short_by_a_kill_is_finished_after_restart() {
 async fn bench_twenty_images_sharing_layers() {
     let remote = Berth::start();
     let folder = Folder::new("");
-    let (source, reg) = berth_with(&folder);
+    let (source, reg) = berth_with(&folder).await;
     let shared: Vec<Vec<u8>> = (0..5)
         .map(|i| layer(&format!("shared-{i}"), 2 << 20))
         .collect();

@@ -354,9 +354,10 @@ impl Folder {
     }
 }
 
-/// A standalone berth with `folder`, and how to push to it as alice.
-pub fn berth_with(folder: &Folder) -> (Berth, Reg) {
+/// A standalone berth with `folder`, ready (users loaded), and how to push to it as alice.
+pub async fn berth_with(folder: &Folder) -> (Berth, Reg) {
     let berth = Berth::start_with(&["--config-dir", &folder.arg()], &[]);
+    wait_ready(&berth.url()).await;
     let reg = Reg::with_user(berth.url(), ALICE.0, ALICE.1);
     (berth, reg)
 }
@@ -440,4 +441,79 @@ pub fn layer(seed: &str, n: usize) -> Vec<u8> {
     }
     out.truncate(n);
     out
+}
+
+/// Waits for `/readyz`: the config folder (and its users) loaded.
+pub async fn wait_ready(url: &str) {
+    wait_until("berth ready", Duration::from_secs(30), || async {
+        client()
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+/// A TCP proxy on loopback to `target` that forwards client→server bytes at most
+/// `bytes_per_second`, counting them: a slow link, to catch a copy mid-way.
+pub struct SlowLink {
+    pub url: String,
+    pub forwarded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowLink {
+    pub async fn start(target: &str, bytes_per_second: u64) -> SlowLink {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = forwarded.clone();
+        let target = target.to_string();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let up = async move {
+                        let mut buf = vec![0u8; 16 << 10];
+                        loop {
+                            let n = match ri.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            counter.fetch_add(n as u64, Ordering::Relaxed);
+                            if wo.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            let pause = n as f64 / bytes_per_second as f64;
+                            tokio::time::sleep(Duration::from_secs_f64(pause)).await;
+                        }
+                        let _ = wo.shutdown().await;
+                    };
+                    let down = async move {
+                        let _ = tokio::io::copy(&mut ro, &mut wi).await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        SlowLink {
+            url,
+            forwarded,
+            task,
+        }
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -7,8 +7,9 @@
 # the other (the machines have 2 cores).  Versions are pinned below and can be
 # overridden from the environment (e.g. CRANE_VERSION=v0.21.8).
 #
-# Default set: oci-conformance crane oras regctl minio helm
-# Optional:    distribution  (CNCF distribution v3 `registry`, as `distribution-registry`)
+# Default set: oci-conformance crane oras regctl minio helm distribution
+#   (distribution: CNCF distribution v3 `registry`, as `distribution-registry`, the
+#   registry without a referrers API that tests/sync pushes to and pulls from)
 #
 # helm is in the default set because the chart tests (helm lint, helm template,
 # helm install against the test control plane) need it.  Offline, `helm
@@ -101,8 +102,8 @@ set -euo pipefail
 : "${HELM_VERSION:=v3.21.4}"
 : "${HELM_K8S_VERSION:=1.33}" # what offline `helm template`/`helm lint` take as the cluster version
 
-DEFAULT_TOOLS=(oci-conformance crane oras regctl minio helm)
-ALL_TOOLS=("${DEFAULT_TOOLS[@]}" distribution)
+DEFAULT_TOOLS=(oci-conformance crane oras regctl minio helm distribution)
+ALL_TOOLS=("${DEFAULT_TOOLS[@]}")
 
 VERSIONS_DIR="$BERTH_BIN/.versions"
 mkdir -p "$VERSIONS_DIR"

@@ -17,3 +17,4 @@ pub mod registry;
 pub mod schedule;
 pub mod server;
 pub mod storage;
+pub mod sync;

@@ -20,6 +20,7 @@ use berth::registry::RegistryState;
 use berth::registry::events::PushEvents;
 use berth::schedule::Schedule;
 use berth::storage::{GcOptions, StorageLocation, Store};
+use berth::sync::{self, SyncMetrics};
 
 /// berth: a container registry configured by Kubernetes custom resources.
 #[derive(Parser)]
@@ -343,43 +344,37 @@ async fn bind(args: &RegistryArgs) -> anyhow::Result<(tokio::net::TcpListener, R
     Ok((listener, hosts))
 }
 
-/// Serves the registry with `policy` on the bound `listener`.
+/// Serves the registry of `state` on the bound `listener`.
 async fn serve_registry(
     args: &RegistryArgs,
     listener: tokio::net::TcpListener,
-    storage: Storage,
-    metrics: Arc<Metrics>,
-    policy: Policy,
-    events: PushEvents,
-    auth: Auth,
+    state: RegistryState,
+    location: &StorageLocation,
+    gc: Arc<Collector>,
 ) -> anyhow::Result<()> {
-    let Storage {
-        store,
-        location,
-        gc,
-    } = storage;
-    let gc = gc.context("garbage collection is set up before serving")?;
     tokio::spawn(gc.clone().run_on_schedule());
-    let gc_routes = berth::gc::router(gc, auth.clone(), policy.clone());
+    let gc_routes = berth::gc::router(gc, state.auth.clone(), state.policy.clone());
     if !args.upload_expiry.is_zero() {
         tokio::spawn(berth::storage::expire_uploads_periodically(
-            store.clone(),
+            state.store.clone(),
             args.upload_expiry,
-            metrics.uploads_expired.clone(),
+            state.metrics.uploads_expired.clone(),
         ));
     }
-    let state = RegistryState {
-        store,
-        metrics,
-        policy,
-        events,
-        auth,
-    };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "berth registry listening");
     println!("berth listening on http://{addr} (storage: {location})");
     berth::server::serve(listener, berth::server::app(state).merge(gc_routes)).await?;
     Ok(())
+}
+
+/// The replication engine, storing what it pulls through `state`'s own router.
+fn sync_engine(state: &RegistryState, metrics: Arc<SyncMetrics>) -> Arc<sync::Engine> {
+    let local = sync::client::Registry::in_process(
+        berth::registry::router(state.clone()),
+        sync::engine_identity(),
+    );
+    sync::Engine::new(local, state.store.clone(), metrics)
 }
 
 fn location(args: &RegistryArgs) -> anyhow::Result<StorageLocation> {
@@ -394,8 +389,6 @@ fn location(args: &RegistryArgs) -> anyhow::Result<StorageLocation> {
 struct Storage {
     store: Store,
     location: StorageLocation,
-    /// Garbage collection of `store`, set up once metrics exist (see `with_gc`).
-    gc: Option<Arc<Collector>>,
 }
 
 fn open_store(args: &RegistryArgs) -> anyhow::Result<Storage> {
@@ -404,11 +397,7 @@ fn open_store(args: &RegistryArgs) -> anyhow::Result<Storage> {
         .with_context(|| format!("opening storage {location}"))?
         .with_upload_buffer(args.max_upload_buffer)
         .context("--max-upload-buffer")?;
-    Ok(Storage {
-        store,
-        location,
-        gc: None,
-    })
+    Ok(Storage { store, location })
 }
 
 fn standalone_signing_key(
@@ -429,7 +418,7 @@ fn standalone_signing_key(
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut storage = open_store(&args.registry)?;
+    let storage = open_store(&args.registry)?;
     let users = match &args.config_dir {
         None => Users::default(),
         Some(_) => Users::pending(),
@@ -437,10 +426,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let events = PushEvents::default();
     let mut metrics = Metrics::new_unshared();
     let trigger_metrics = TriggerMetrics::register(&mut metrics.registry);
-    storage.gc = Some(
-        args.registry
-            .collector(&storage.store, &mut metrics.registry)?,
-    );
+    let sync_metrics = SyncMetrics::register(&mut metrics.registry);
+    let gc = args
+        .registry
+        .collector(&storage.store, &mut metrics.registry)?;
     let (listener, hosts) = bind(&args.registry).await?;
     let policy = match &args.config_dir {
         None => {
@@ -461,14 +450,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 policy.clone(),
                 users.clone(),
             ));
-            if let Some(gc) = &storage.gc {
-                tokio::spawn(berth::aging::standalone::run(
-                    ConfigFolder::new(dir),
-                    storage.store.clone(),
-                    policy.clone(),
-                    gc.clone(),
-                ));
-            }
+            tokio::spawn(berth::aging::standalone::run(
+                ConfigFolder::new(dir),
+                storage.store.clone(),
+                policy.clone(),
+                gc.clone(),
+            ));
             policy
         }
     };
@@ -491,53 +478,47 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    serve_registry(
-        &args.registry,
-        listener,
-        storage,
-        Arc::new(metrics),
+    let state = RegistryState {
+        store: storage.store.clone(),
+        metrics: Arc::new(metrics),
         policy,
-        events,
+        events: events.clone(),
         auth,
-    )
-    .await
+    };
+    if let Some(dir) = &args.config_dir {
+        let engine = sync_engine(&state, sync_metrics);
+        tokio::spawn(engine.clone().listen(events));
+        tokio::spawn(sync::standalone::run(
+            ConfigFolder::new(dir),
+            engine,
+            storage.store.clone(),
+        ));
+    }
+    serve_registry(&args.registry, listener, state, &storage.location, gc).await
 }
 
 async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes (in-cluster, or KUBECONFIG)")?;
-    let mut storage = open_store(&args.registry)?;
+    let storage = open_store(&args.registry)?;
     let policy = Policy::pending();
     let events = PushEvents::default();
     let mut metrics = Metrics::new_unshared();
     let controller_metrics = ControllerMetrics::register(&mut metrics.registry);
     let trigger_metrics = TriggerMetrics::register(&mut metrics.registry);
+    let sync_metrics = SyncMetrics::register(&mut metrics.registry);
     let gc = args
         .registry
         .collector(&storage.store, &mut metrics.registry)?;
     // Only the leader collects; the operator turns it on when this replica leads.
     gc.set_active(false);
-    storage.gc = Some(gc.clone());
     let metrics = Arc::new(metrics);
     let (listener, hosts) = bind(&args.registry).await?;
     let identity = args
         .identity
         .clone()
         .unwrap_or_else(|| format!("berth-{}", uuid::Uuid::new_v4()));
-    let ctx = Arc::new(
-        controller::Context::new(
-            client.clone(),
-            storage.store.clone(),
-            policy.clone(),
-            controller_metrics,
-            args.namespace.clone(),
-            args.selector.clone(),
-            events.clone(),
-        )
-        .with_triggers(hosts, trigger_metrics)
-        .with_gc(gc.clone()),
-    );
     let election = controller::leader::LeaderElection::new(
         client.clone(),
         &args.namespace,
@@ -568,22 +549,36 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         key,
         args.registry.auth_settings(),
         Some(ServiceAccountReviewer::new(
-            Arc::new(controller::token_review::ApiTokenReviews::new(client)),
+            Arc::new(controller::token_review::ApiTokenReviews::new(
+                client.clone(),
+            )),
             args.service_account_audience.clone(),
         )),
         metrics.password_checks.clone(),
     );
-    tokio::spawn(controller::run_operator(ctx, election));
-    serve_registry(
-        &args.registry,
-        listener,
-        storage,
+    let state = RegistryState {
+        store: storage.store.clone(),
         metrics,
-        policy,
-        events,
+        policy: policy.clone(),
+        events: events.clone(),
         auth,
-    )
-    .await
+    };
+    let ctx = Arc::new(
+        controller::Context::new(
+            client.clone(),
+            storage.store.clone(),
+            policy.clone(),
+            controller_metrics,
+            args.namespace.clone(),
+            args.selector.clone(),
+            events.clone(),
+            sync_engine(&state, sync_metrics),
+        )
+        .with_triggers(hosts, trigger_metrics)
+        .with_gc(gc.clone()),
+    );
+    tokio::spawn(controller::run_operator(ctx, election));
+    serve_registry(&args.registry, listener, state, &storage.location, gc).await
 }
 
 async fn login_command(args: LoginCommandArgs) -> anyhow::Result<()> {

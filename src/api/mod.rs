@@ -23,7 +23,8 @@ pub use common::{Member, Permission, Quota, TagFilter, Visibility};
 pub use namespace::{Namespace, NamespaceSpec, NamespaceStatus};
 pub use repository::{DeletionPolicy, Repository, RepositorySpec, RepositoryStatus, Share};
 pub use sync_rule::{
-    RemoteRegistry, SecretReference, SyncDirection, SyncRule, SyncRuleSpec, SyncRuleStatus, SyncRun,
+    CaBundleKind, CaBundleReference, RemoteRegistry, SecretReference, SyncDirection, SyncRule,
+    SyncRuleSpec, SyncRuleStatus, SyncRun,
 };
 pub use trigger::{
     ContainerImage, ImageReference, TagMatch, TagMatchMode, Trigger, TriggerFiring, TriggerSpec,

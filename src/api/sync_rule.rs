@@ -20,6 +20,11 @@ use super::common::TagFilter;
     printcolumn(name = "Namespace", type_ = "string", json_path = ".spec.namespace"),
     printcolumn(name = "Remote", type_ = "string", json_path = ".spec.remote.url"),
     printcolumn(
+        name = "Last Result",
+        type_ = "string",
+        json_path = ".status.runs[0].result"
+    ),
+    printcolumn(
         name = "Last Success",
         type_ = "date",
         json_path = ".status.lastSuccess"
@@ -28,6 +33,11 @@ use super::common::TagFilter;
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
     printcolumn(
         name = "Age",
@@ -70,6 +80,11 @@ pub struct SyncRuleSpec {
     #[schemars(regex(pattern = r"^\S+( \S+){4}$"))]
     pub schedule: Option<String>,
 
+    /// Also copy the tags that were there before the rule existed (they are left alone
+    /// otherwise). For Pull rules every remote tag is mirrored either way.
+    #[serde(default)]
+    pub sync_existing: bool,
+
     /// Set to false to pause the rule without deleting it.
     #[serde(default = "default_true")]
     pub enabled: bool,
@@ -96,12 +111,43 @@ pub struct RemoteRegistry {
     /// Namespace (path prefix) at the remote; the local namespace name when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    /// A Secret with `username` and `password` keys for the remote registry.
+    /// Credentials for the remote registry: a Secret in berth's own namespace, either
+    /// `kubernetes.io/dockerconfigjson` (the entry for the remote's host is used) or with
+    /// `username` and `password` keys (`kubernetes.io/basic-auth`). Used for Basic auth
+    /// and for the token flow, whichever the remote asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<SecretReference>,
+    /// Certificates (PEM) to trust for the remote besides the system's, from a ConfigMap
+    /// or Secret in berth's own namespace (as cert-manager's trust bundles provide them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleReference>,
     /// Skip TLS certificate verification (for registries with self-signed certificates).
     #[serde(default)]
     pub insecure_skip_tls_verify: bool,
+}
+
+/// A PEM bundle in a ConfigMap or Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundleReference {
+    /// `ConfigMap` or `Secret`.
+    pub kind: CaBundleKind,
+    /// Its name, in berth's namespace.
+    pub name: String,
+    /// The key holding the PEM certificates.
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
+/// Where a CA bundle is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum CaBundleKind {
+    ConfigMap,
+    Secret,
 }
 
 /// A Secret by name and Kubernetes namespace.
@@ -132,6 +178,10 @@ pub struct SyncRuleStatus {
     /// When a replication last succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success: Option<Time>,
+    /// The last value of the `berth.dev/sync-now` annotation acted on: a new value
+    /// starts a manual run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_now: Option<String>,
 }
 
 /// One replicated tag.
@@ -140,10 +190,17 @@ pub struct SyncRuleStatus {
 pub struct SyncRun {
     /// When the copy started.
     pub started: Time,
-    /// `repository:tag` that was copied.
+    /// `repository:tag` that was copied (the repository on the side copied from).
     pub reference: String,
-    /// `Succeeded`, `Failed` or `Skipped`.
+    /// The digest copied (for a conflict: the one that was not copied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// `Succeeded`, `Failed` or `Conflict` (the other side has the tag at other
+    /// content and `overwrite` is false).
     pub result: String,
+    /// `Automatic` (a push, the schedule, a catch-up) or `Manual` (`berth.dev/sync-now`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
     /// Why it failed or was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -31,6 +31,10 @@ pub struct LoadedResources {
     pub triggers: Vec<Trigger>,
     /// Users: `v1` Secrets labelled `berth.dev/user`, as in a cluster.
     pub users: Vec<User>,
+    /// Other `v1` Secrets (a SyncRule's credentials or CA bundle).
+    pub secrets: Vec<k8s_openapi::api::core::v1::Secret>,
+    /// `v1` ConfigMaps (a SyncRule's CA bundle).
+    pub config_maps: Vec<k8s_openapi::api::core::v1::ConfigMap>,
     pub errors: Vec<FolderError>,
     /// What the errors were about, so that it fails closed rather than disappears.
     pub broken: Broken,
@@ -274,6 +278,13 @@ fn load_file(file: &str, text: &str, loaded: &mut LoadedResources) {
             load_user(value, &resource, loaded, file);
             continue;
         }
+        if api_version == "v1" && kind == "ConfigMap" {
+            match serde_path_to_error::deserialize(value) {
+                Ok(map) => loaded.config_maps.push(map),
+                Err(e) => error(format!("{}: {}", e.path(), e.inner())),
+            }
+            continue;
+        }
         if !api_version.starts_with("berth.dev/") && !api_version.is_empty() {
             // A folder kept for GitOps may hold the workloads too; they are not ours to load.
             tracing::debug!(file, %resource, "skipping a resource that is not berth's");
@@ -367,6 +378,7 @@ fn load_user(value: serde_yaml::Value, resource: &str, loaded: &mut LoadedResour
         Err(e) => return error(format!("{}: {}", e.path(), e.inner())),
     };
     if !is_user_secret(&secret) {
+        loaded.secrets.push(secret);
         return;
     }
     match user_from_secret(&secret) {

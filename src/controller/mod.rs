@@ -14,9 +14,9 @@ mod policy_watcher;
 pub mod pull_secrets;
 mod repository;
 mod status;
+mod sync_rule;
 pub mod token_review;
 pub mod trigger;
-mod validated;
 
 use std::sync::Arc;
 
@@ -54,10 +54,16 @@ pub struct Context {
     pub triggers: Arc<trigger::Env>,
     /// Garbage collection: on while this replica leads, run after aging rules delete.
     pub gc: Option<Arc<Collector>>,
+    /// The replication engine the SyncRules run on (leader only).
+    pub sync: Arc<crate::sync::Engine>,
     backoff: Backoff,
 }
 
 impl Context {
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is a separate dependency of the reconcilers, built once in main"
+    )]
     pub fn new(
         client: Client,
         store: Store,
@@ -66,6 +72,7 @@ impl Context {
         own_namespace: String,
         selector: Option<String>,
         pushes: PushEvents,
+        sync: Arc<crate::sync::Engine>,
     ) -> Self {
         let watch_config = match selector {
             Some(s) => watcher::Config::default().labels(&s),
@@ -88,6 +95,7 @@ impl Context {
             pushes,
             triggers,
             gc: None,
+            sync,
             backoff: Backoff::default(),
         }
     }
@@ -139,6 +147,7 @@ pub async fn run_operator(ctx: Arc<Context>, election: leader::LeaderElection) {
     ));
     tokio::spawn(trigger::listen_in_cluster(ctx.clone()));
     tokio::spawn(election.run(leading_tx));
+    tokio::spawn(ctx.sync.clone().listen(ctx.pushes.clone()));
     loop {
         // Wait to lead, then reconcile until leadership is lost (dropping the controllers).
         if leading.wait_for(|l| *l).await.is_err() {
@@ -151,6 +160,8 @@ pub async fn run_operator(ctx: Arc<Context>, election: leader::LeaderElection) {
             _ = leading.wait_for(|l| !*l) => tracing::warn!("stopped reconciling: no longer the leader"),
         }
         ctx.set_leading(false);
+        // Only the leader replicates: another replica's rules take over from here.
+        ctx.sync.clear();
     }
 }
 
@@ -161,7 +172,7 @@ pub async fn run_controllers(ctx: Arc<Context>) {
     tokio::join!(
         drain(namespace::controller(c.clone(), cfg.clone(), ctx.clone())),
         drain(repository::controller(c.clone(), cfg.clone(), ctx.clone())),
-        drain(validated::sync_rules(c.clone(), cfg.clone(), ctx.clone())),
+        drain(sync_rule::controller(c.clone(), cfg.clone(), ctx.clone())),
         drain(aging_rule::controller(c.clone(), cfg.clone(), ctx.clone())),
         drain(trigger::controller(c.clone(), cfg.clone(), ctx.clone())),
     );

@@ -32,6 +32,7 @@ use crate::oci::RepositoryName;
 use crate::policy::Policy;
 use crate::storage::Store;
 use error::{ErrorCode, RegistryError, Result};
+pub use manifests::MAX_MANIFEST_BYTES;
 use routes::Route;
 
 /// What every registry handler can use.
@@ -58,6 +59,13 @@ impl RegistryState {
 #[derive(Clone, Copy, Debug)]
 pub struct RouteLabel(pub &'static str);
 
+/// A caller inside this process — the sync engine storing what it pulls from another
+/// registry — attached as a request extension. Only code in this process can attach one
+/// (nothing on the wire becomes an extension), so it needs no credentials; everything
+/// else a push meets (namespace checks, quotas, immutable tags, push events) still applies.
+#[derive(Debug, Clone)]
+pub struct InProcessCaller(pub Identity);
+
 /// A parsed request as handlers see it. The body travels separately: it is not `Sync`,
 /// and handlers borrow the rest across awaits.
 pub struct Request {
@@ -68,6 +76,8 @@ pub struct Request {
     pub identity: Identity,
     /// The peer's address, for throttling failed sign-ins.
     pub client: Option<std::net::IpAddr>,
+    /// Set for requests made by berth itself (see [`InProcessCaller`]).
+    pub in_process: Option<Identity>,
 }
 
 impl Request {
@@ -123,6 +133,10 @@ async fn dispatch(State(state): State<RegistryState>, request: axum::extract::Re
             .extensions
             .get::<axum::extract::connect_info::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip()),
+        in_process: parts
+            .extensions
+            .get::<InProcessCaller>()
+            .map(|c| c.0.clone()),
     };
     let result = match route {
         Ok(route) => handle(&state, route, request, body).await,

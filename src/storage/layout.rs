@@ -8,6 +8,7 @@
 //! repositories/<repo>/referrers/<alg>/<hex>/<alg>-<hex> descriptor of a manifest whose subject is <alg>:<hex>
 //! uploads/<id>/state                                   upload session (JSON UploadState)
 //! uploads/<id>/parts/<offset>                          the bytes of one PATCH/PUT, starting at <offset>
+//! sync/<rule>/since                                    when a SyncRule was first seen (standalone)
 //! ```
 //!
 //! `<repo>` is the repository name with `/` written as `+` (a character names cannot
@@ -43,6 +44,7 @@ pub enum Key<'a> {
     UploadParts(&'a str),
     Upload(&'a str),
     Uploads,
+    SyncSince(&'a str),
 }
 
 fn repo_dir(repo: &RepositoryName) -> String {
@@ -85,6 +87,7 @@ impl Key<'_> {
             Key::UploadParts(id) => format!("uploads/{id}/parts"),
             Key::Upload(id) => format!("uploads/{id}"),
             Key::Uploads => "uploads".to_string(),
+            Key::SyncSince(rule) => format!("sync/{rule}/since"),
         };
         Path::from(s)
     }

@@ -25,6 +25,7 @@ mod pipeline;
 mod read;
 mod repositories;
 mod sweep_gate;
+mod sync_state;
 mod tag_times;
 mod upload_expiry;
 pub use upload_expiry::expire_uploads_periodically;

@@ -42,6 +42,23 @@ impl Berth {
         Berth::start_subcommand("serve", args, envs)
     }
 
+    /// Starts `berth serve ARGS…` listening on `addr` (a port chosen beforehand, e.g. one a
+    /// sync rule already names).
+    pub fn start_at(addr: &str, args: &[&str]) -> Berth {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut berth = Berth {
+            child: None,
+            addr: String::new(),
+            data_dir: temp.path().join("data"),
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            envs: Vec::new(),
+            subcommand: "serve".into(),
+            _temp: Some(temp),
+        };
+        berth.spawn(addr);
+        berth
+    }
+
     /// Starts `berth SUBCOMMAND --listen 127.0.0.1:0 --data-dir DIR ARGS…` with extra
     /// environment. Like `serve`, the subcommand must print `… http://ADDR …` as its
     /// first line on stdout once it listens.

@@ -16,4 +16,5 @@ mod kubectl_output;
 mod operator;
 mod reconcile;
 mod resources;
+mod sync;
 mod triggers;

@@ -79,10 +79,19 @@ async fn a_minimal_push_sync_rule_is_enabled_and_replicates_on_push() {
     let Some(cluster) = TestCluster::start("apply-sync").await else {
         return;
     };
+    let remote = crate::common::Berth::start();
+    let selector = format!("{}={}", crate::cluster::TEST_LABEL, cluster.id());
+    let operator = crate::operator::Operator::start(&cluster, &["--selector", &selector]);
+    let team = cluster.unique("team");
+    cluster
+        .create(&berth("Namespace", &team, json!({})))
+        .await
+        .unwrap();
+    crate::reconcile::wait_ready(&cluster, "Namespace", &team, None).await;
     let spec = json!({
         "direction": "Push",
-        "namespace": "team-a",
-        "remote": {"url": "https://mirror.example.com"},
+        "namespace": team,
+        "remote": {"url": remote.url()},
     });
     let name = cluster.unique("sync");
     let spec = apply_minimal(
@@ -98,7 +107,30 @@ async fn a_minimal_push_sync_rule_is_enabled_and_replicates_on_push() {
         "onPush is left out, meaning true for Push rules"
     );
     assert_eq!(spec["overwrite"], false);
+    assert_eq!(spec["syncExisting"], false);
     assert_eq!(spec["remote"]["insecureSkipTlsVerify"], false);
+
+    // Enabled, on push, to the same namespace name at the remote.
+    crate::reconcile::wait_ready(&cluster, "SyncRule", &name, None).await;
+    let digest =
+        crate::reconcile::push_image(&operator.url(), &format!("{team}/app"), "v1", "minimal")
+            .await
+            .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = reqwest::Client::new()
+            .get(format!("{}/v2/{team}/app/manifests/v1", remote.url()))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            assert_eq!(r.headers()["docker-content-digest"], digest.as_str());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never replicated");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// A Pull rule cannot replicate on push, so it should not have to say `onPush: false`.

@@ -470,7 +470,8 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
             args.selector.clone(),
             events.clone(),
         )
-        .with_triggers(hosts, trigger_metrics),
+        .with_triggers(hosts, trigger_metrics)
+        .with_events(&identity),
     );
     let election = controller::leader::LeaderElection::new(
         client.clone(),

@@ -6,6 +6,7 @@
 pub mod auth_secrets;
 mod backoff;
 mod error;
+pub mod events;
 pub mod leader;
 mod metrics;
 mod namespace;
@@ -50,6 +51,8 @@ pub struct Context {
     pub pushes: PushEvents,
     /// What the Triggers need: the cluster, storage, and this registry's host names.
     pub triggers: Arc<trigger::Env>,
+    /// Kubernetes Events about the resources (condition changes, Trigger firings).
+    pub events: events::Announcer,
     backoff: Backoff,
 }
 
@@ -73,6 +76,7 @@ impl Context {
             policy: policy.clone(),
             hosts: trigger::RegistryHosts::default(),
             metrics: Arc::default(),
+            events: events::Announcer::disabled(),
         });
         Context {
             client,
@@ -83,8 +87,24 @@ impl Context {
             watch_config,
             pushes,
             triggers,
+            events: events::Announcer::disabled(),
             backoff: Backoff::default(),
         }
+    }
+
+    /// Publishes Kubernetes Events as `instance` (this replica's Pod name), from the
+    /// reconcilers and the Triggers.
+    pub fn with_events(mut self, instance: &str) -> Self {
+        self.events = events::Announcer::new(self.client.clone(), instance);
+        self.triggers = Arc::new(trigger::Env {
+            client: self.client.clone(),
+            store: self.store.clone(),
+            policy: self.policy.clone(),
+            hosts: self.triggers.hosts.clone(),
+            metrics: self.triggers.metrics.clone(),
+            events: self.events.clone(),
+        });
+        self
     }
 
     /// The host names under which workloads name this registry, and the metrics the
@@ -100,6 +120,7 @@ impl Context {
             policy: self.policy.clone(),
             hosts,
             metrics,
+            events: self.events.clone(),
         });
         self
     }

@@ -11,7 +11,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
-use super::{Context, Error, RESYNC, on_error, status};
+use super::status::{self, Health};
+use super::{Context, Error, RESYNC, on_error};
 use crate::api::{AgingRule, AgingRuleStatus, SyncRule, SyncRuleStatus};
 
 /// The outcome of validating one resource.
@@ -37,6 +38,15 @@ impl Verdict {
             message: message.into(),
         }
     }
+
+    /// Every refusal here waits for another resource (a Namespace, a Secret) to appear.
+    fn health(&self) -> Health {
+        if self.ready {
+            Health::ready(self.reason, self.message.clone())
+        } else {
+            Health::waiting(self.reason, self.message.clone())
+        }
+    }
 }
 
 fn namespace_missing(ctx: &Context, namespace: &str) -> Option<Verdict> {
@@ -58,6 +68,7 @@ pub fn sync_rules(
     ctx: Arc<Context>,
 ) -> impl Stream<Item = Result<(ObjectRef<SyncRule>, Action), impl std::fmt::Display>> {
     Controller::new(Api::<SyncRule>::all(client), config)
+        .reconcile_all_on(ctx.policy.namespace_changes())
         .shutdown_on_signal()
         .run(
             reconcile_sync_rule,
@@ -97,11 +108,8 @@ async fn reconcile_sync_rule(rule: Arc<SyncRule>, ctx: Arc<Context>) -> Result<A
     let generation = rule.metadata.generation;
     let status = SyncRuleStatus {
         observed_generation: generation,
-        conditions: status::ready_conditions(
-            rule.status.as_ref().map(|s| &s.conditions),
-            verdict.ready,
-            verdict.reason,
-            verdict.message,
+        conditions: verdict.health().conditions(
+            rule.status.as_ref().map_or(&[][..], |s| &s.conditions),
             generation,
         ),
         runs: rule
@@ -111,11 +119,13 @@ async fn reconcile_sync_rule(rule: Arc<SyncRule>, ctx: Arc<Context>) -> Result<A
             .unwrap_or_default(),
         last_success: rule.status.as_ref().and_then(|s| s.last_success.clone()),
     };
-    status::apply(
+    status::write(
         &Api::<SyncRule>::all(ctx.client.clone()),
-        &rule.name_any(),
+        &ctx.events,
+        rule.as_ref(),
         rule.status.as_ref(),
         &status,
+        |s| &s.conditions,
     )
     .await?;
     ctx.backoff.reset(&rule.name_any());
@@ -128,6 +138,7 @@ pub fn aging_rules(
     ctx: Arc<Context>,
 ) -> impl Stream<Item = Result<(ObjectRef<AgingRule>, Action), impl std::fmt::Display>> {
     Controller::new(Api::<AgingRule>::all(client), config)
+        .reconcile_all_on(ctx.policy.namespace_changes())
         .shutdown_on_signal()
         .run(
             reconcile_aging_rule,
@@ -143,11 +154,8 @@ async fn reconcile_aging_rule(rule: Arc<AgingRule>, ctx: Arc<Context>) -> Result
     let generation = rule.metadata.generation;
     let status = AgingRuleStatus {
         observed_generation: generation,
-        conditions: status::ready_conditions(
-            rule.status.as_ref().map(|s| &s.conditions),
-            verdict.ready,
-            verdict.reason,
-            verdict.message,
+        conditions: verdict.health().conditions(
+            rule.status.as_ref().map_or(&[][..], |s| &s.conditions),
             generation,
         ),
         last_run: rule.status.as_ref().and_then(|s| s.last_run.clone()),
@@ -157,11 +165,13 @@ async fn reconcile_aging_rule(rule: Arc<AgingRule>, ctx: Arc<Context>) -> Result
             .map(|s| s.deleted.clone())
             .unwrap_or_default(),
     };
-    status::apply(
+    status::write(
         &Api::<AgingRule>::all(ctx.client.clone()),
-        &rule.name_any(),
+        &ctx.events,
+        rule.as_ref(),
         rule.status.as_ref(),
         &status,
+        |s| &s.conditions,
     )
     .await?;
     ctx.backoff.reset(&rule.name_any());

@@ -10,6 +10,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::ResourceExt;
+use kube::runtime::events::EventType;
 
 use super::Env;
 use super::history::{self, PROGRESSING, StatusSink};
@@ -177,6 +178,13 @@ pub async fn fire_and_record(
         Err(e) => {
             env.metrics.firing("Error");
             tracing::warn!(trigger = %key, tag = %push.tag, error = %e, "trigger could not patch its workload");
+            let note = format!(
+                "{}@{}: could not patch the workload: {e}",
+                push.tag, push.digest
+            );
+            env.events
+                .publish(trigger, EventType::Warning, "PatchFailed", "Fire", note)
+                .await;
             return Err(e);
         }
     };
@@ -222,6 +230,15 @@ pub async fn fire_and_record(
             let limit = trigger.spec.history_limit.max(1) as usize;
             sink.update(trigger, |s| history::record(s, &firing, limit))
                 .await?;
+            let note = format!(
+                "{}@{} pushed {latency_ms} ms before: {workload}: {}",
+                push.tag,
+                push.digest,
+                firing.message.as_deref().unwrap_or_default()
+            );
+            env.events
+                .publish(trigger, EventType::Normal, "Fired", "Fire", note)
+                .await;
         }
         Fired::FailedBefore => {
             tracing::debug!(trigger = %key, tag = %push.tag, "not applied again: its rollout failed");
@@ -240,13 +257,27 @@ pub async fn fire_and_record(
         Fired::TargetNotFound(why) => {
             count("TargetNotFound");
             tracing::warn!(trigger = %key, tag = %push.tag, "not applied: {why}");
+            not_applied(env, trigger, push, "TargetNotFound", &why).await;
         }
         Fired::NoMatchingContainer(why) => {
             count("NoMatchingContainer");
             tracing::warn!(trigger = %key, tag = %push.tag, "not applied: {why}");
+            not_applied(env, trigger, push, "NoMatchingContainer", &why).await;
         }
     }
     Ok(())
+}
+
+/// A Warning Event for a push that could not be applied (a catch-up finding the same
+/// problem is the Ready condition's business, not a new Event).
+async fn not_applied(env: &Env, trigger: &Trigger, push: &Push, reason: &str, why: &str) {
+    if push.caught_up {
+        return;
+    }
+    let note = format!("{}@{} not applied: {why}", push.tag, push.digest);
+    env.events
+        .publish(trigger, EventType::Warning, reason, "Fire", note)
+        .await;
 }
 
 /// Whether `container` runs the image of `digest` (pinned, or recorded for a tag).

@@ -10,6 +10,7 @@ mod chart;
 mod cluster;
 mod control_plane;
 mod crds;
+mod gitops;
 mod images;
 mod kubectl_output;
 mod operator;

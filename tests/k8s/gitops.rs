@@ -83,9 +83,16 @@ fn is(type_: &str, status: &str, reason: &str) -> impl Fn(&DynamicObject) -> boo
 
 /// A Deployment `name` whose one container runs `image`.
 pub(crate) async fn deployment(cluster: &TestCluster, name: &str, image: &str) {
+    deployment_with(cluster, name, image, 0).await
+}
+
+/// A Deployment whose new Pods count as available only after `min_ready_seconds`: a
+/// rollout that stays in progress that long.
+async fn deployment_with(cluster: &TestCluster, name: &str, image: &str, min_ready_seconds: i32) {
     let object: Deployment = serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {
+            "minReadySeconds": min_ready_seconds,
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
@@ -565,6 +572,24 @@ async fn kstatus_and_argo_cd_judge_every_kind_in_every_state() {
         ),
     ];
     deployment(&cluster, "web", &format!("{}/{web}:v0", operator.addr)).await;
+    // A rollout that stays in progress for a minute (minReadySeconds).
+    let slow = format!("{team}/slow");
+    deployment_with(
+        &cluster,
+        "slow",
+        &format!("{}/{slow}:v0", operator.addr),
+        60,
+    )
+    .await;
+    let rolling = cluster.unique("rolling");
+    let rolling_spec = json!({"repository": slow, "target": {"name": "slow"}});
+    cases.push(Case {
+        kind: "Trigger",
+        name: rolling.clone(),
+        file: "rolling-out.yaml",
+        kstatus: "InProgress",
+        argocd: "Progressing",
+    });
     for (kind, name, spec) in objects {
         let object = if kind == "Namespace" {
             berth(kind, &team, spec)
@@ -573,6 +598,22 @@ async fn kstatus_and_argo_cd_judge_every_kind_in_every_state() {
         };
         cluster.create(&object).await.unwrap();
     }
+    cluster
+        .create(&berth("Trigger", &rolling, rolling_spec))
+        .await
+        .unwrap();
+    wait_until(
+        &cluster,
+        "Trigger",
+        &rolling,
+        Duration::from_secs(30),
+        "Ready",
+        is("Ready", "True", "Watching"),
+    )
+    .await;
+    push_image(&operator.url(), &slow, "v1", "slow v1")
+        .await
+        .unwrap();
     // The Namespace's name is the registry namespace's: fix the case's name up.
     for case in &mut cases {
         if case.kind == "Namespace" && case.file == "ready.yaml" {
@@ -585,6 +626,18 @@ async fn kstatus_and_argo_cd_judge_every_kind_in_every_state() {
     for case in &cases {
         let object = match new_objects.iter().find(|(_, n, _)| *n == case.name) {
             Some((_, _, created)) => created.clone(),
+            None if case.file == "rolling-out.yaml" => {
+                wait_until(
+                    &cluster,
+                    case.kind,
+                    &case.name,
+                    Duration::from_secs(30),
+                    "rolling out",
+                    is("Reconciling", "True", "RollingOut"),
+                )
+                .await
+                .0
+            }
             None => {
                 wait_until(
                     &cluster,
@@ -695,4 +748,137 @@ fn write_testdata(scripts: &std::path::Path, cases: &[Case], objects: &[Value], 
         let yaml = serde_yaml::to_string(&json!({"tests": cases})).unwrap();
         std::fs::write(scripts.join(kind).join("health_test.yaml"), yaml).unwrap();
     }
+}
+
+/// `kubectl apply --server-side --field-manager MANAGER` of the Deployment `web` with
+/// one container `app`, with `image` or (None) without an image field.
+fn apply_web_as(cluster: &TestCluster, manager: &str, image: Option<&str>, force: bool) {
+    let mut container = json!({"name": "app"});
+    if let Some(image) = image {
+        container["image"] = json!(image);
+    }
+    let manifest = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": cluster.namespace()},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [container]},
+            },
+        },
+    });
+    let manager = format!("--field-manager={manager}");
+    let mut args = vec!["apply", "--server-side", manager.as_str()];
+    if force {
+        args.push("--force-conflicts");
+    }
+    args.extend(["-f", "-"]);
+    cluster.kubectl_stdin(&args, &manifest.to_string()).ok();
+}
+
+async fn web_image(cluster: &TestCluster) -> String {
+    let d = Api::<Deployment>::namespaced(cluster.client(), cluster.namespace())
+        .get("web")
+        .await
+        .unwrap();
+    d.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap()
+}
+
+/// Server-side apply ownership with a GitOps tool (here a field manager named like
+/// Argo CD's): applying the Deployment without the image field leaves berth's image;
+/// applying it with an image and `--force-conflicts` takes the field, and berth reports
+/// the conflict (`Stalled=True`, `ImageConflict`, a Warning Event) instead of taking it
+/// back; the next push applies again.
+#[tokio::test]
+async fn a_field_manager_taking_the_image_back_is_reported_not_fought() {
+    let Some(cluster) = TestCluster::start("gitops-ssa").await else {
+        return;
+    };
+    let operator = operator(&cluster);
+    let team = cluster.unique("team");
+    cluster
+        .create(&berth("Namespace", &team, json!({})))
+        .await
+        .unwrap();
+    let repo = format!("{team}/web");
+    let git_image = format!("{}/{repo}:v0", operator.addr);
+    apply_web_as(&cluster, "argocd-controller", Some(&git_image), false);
+    let spec = json!({"repository": repo, "target": {"name": "web"}});
+    cluster
+        .create(&berth("Trigger", "web", spec))
+        .await
+        .unwrap();
+    let ready = is("Ready", "True", "Watching");
+    wait_until(
+        &cluster,
+        "Trigger",
+        "web",
+        Duration::from_secs(30),
+        "Ready",
+        &ready,
+    )
+    .await;
+
+    let url = operator.url();
+    let v1 = push_image(&url, &repo, "v1", "v1").await.unwrap();
+    let pinned = format!("{}/{repo}:v1@{v1}", operator.addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while web_image(&cluster).await != pinned {
+        assert!(Instant::now() < deadline, "v1 never rolled out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Git's manifest without the image: berth's image stays.
+    apply_web_as(&cluster, "argocd-controller", None, false);
+    assert_eq!(web_image(&cluster).await, pinned);
+
+    // With the image and --force-conflicts: the image is Git's, and berth says so.
+    apply_web_as(&cluster, "argocd-controller", Some(&git_image), true);
+    let (object, _) = wait_until(
+        &cluster,
+        "Trigger",
+        "web",
+        Duration::from_secs(30),
+        "reporting the conflict",
+        is("Stalled", "True", "ImageConflict"),
+    )
+    .await;
+    let message = object.data["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("argocd-controller"), "{message}");
+    let note = wait_event(&cluster, "Trigger", "web", "Warning", "ImageConflict").await;
+    assert!(note.contains("argocd-controller"), "{note}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(web_image(&cluster).await, git_image, "berth did not fight");
+
+    // A new push is applied (a fresh push wins), and the conflict is over.
+    let v2 = push_image(&url, &repo, "v2", "v2").await.unwrap();
+    let pinned = format!("{}/{repo}:v2@{v2}", operator.addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while web_image(&cluster).await != pinned {
+        assert!(Instant::now() < deadline, "v2 never rolled out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ready again, and once the rollout of v2 is over, settled.
+    wait_until(
+        &cluster,
+        "Trigger",
+        "web",
+        Duration::from_secs(30),
+        "Ready again, rolled out",
+        |o| condition(o, "Stalled").is_none() && condition(o, "Reconciling").is_none() && ready(o),
+    )
+    .await;
 }

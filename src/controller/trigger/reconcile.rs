@@ -100,7 +100,11 @@ async fn act(
         return Ok((Health::stalled("NoMatchingContainer", message), None));
     }
     let progressing = follow(env, trigger, &workload, sink).await?;
-    catch_up(env, trigger, &filter, sink).await?;
+    if let Some(conflict) = catch_up(env, trigger, &filter, sink).await? {
+        // Reported, not fought: a GitOps tool that took the field back with
+        // --force-conflicts would otherwise trade the image with berth for ever.
+        return Ok((Health::stalled("ImageConflict", conflict), None));
+    }
     let health = Health::ready("Watching", describe(trigger, &workload));
     Ok((health, progressing))
 }
@@ -224,15 +228,16 @@ async fn conclude(
 }
 
 /// Fires for the most recently pushed matching tag if the workload does not run it
-/// (unless that very push failed: see [`fire`](super::fire::fire)).
+/// (unless that very push failed, or someone took the image over after berth applied
+/// it: see [`fire`](super::fire::fire)). Returns that conflict, if there is one.
 async fn catch_up(
     env: &Env,
     trigger: &Trigger,
     filter: &TagFilter,
     sink: &StatusSink,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let Ok(repository) = trigger.spec.repository.parse::<RepositoryName>() else {
-        return Ok(());
+        return Ok(None);
     };
     let newest = env
         .store
@@ -242,15 +247,14 @@ async fn catch_up(
         .filter(|(tag, _)| filter.matches(tag))
         .max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
     let Some((tag, pushed_at)) = newest else {
-        return Ok(());
+        return Ok(None);
     };
     let Ok(parsed) = tag.parse::<Tag>() else {
-        return Ok(());
+        return Ok(None);
     };
     let Some(link) = env.store.resolve_tag(&repository, &parsed).await? else {
-        return Ok(()); // deleted since the listing
+        return Ok(None); // deleted since the listing
     };
     let push = Push::new(tag, link.digest.to_string(), pushed_at, true);
-    fire_and_record(env, trigger, &push, sink).await?;
-    Ok(())
+    Ok(fire_and_record(env, trigger, &push, sink).await?)
 }

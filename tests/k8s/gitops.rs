@@ -211,9 +211,10 @@ async fn resources_applied_before_their_namespace_are_ready_within_seconds_of_it
         .create(&berth("Namespace", &team, json!({})))
         .await
         .unwrap();
+    let created = Instant::now();
     for (kind, _) in &dependents {
         let name = cluster.unique("web");
-        let (object, took) = wait_until(
+        let (object, _) = wait_until(
             &cluster,
             kind,
             &name,
@@ -224,6 +225,8 @@ async fn resources_applied_before_their_namespace_are_ready_within_seconds_of_it
         .await;
         assert_eq!(condition(&object, "Reconciling"), None, "{kind}");
         assert_eq!(condition(&object, "Stalled"), None, "{kind}");
+        let took = created.elapsed();
+        assert!(took < Duration::from_secs(5), "{kind} Ready after {took:?}");
         eprintln!("{kind} Ready {took:?} after its Namespace was created");
     }
 

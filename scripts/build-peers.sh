@@ -7,7 +7,7 @@
 # the other (the machines have 2 cores).  Versions are pinned below and can be
 # overridden from the environment (e.g. CRANE_VERSION=v0.21.8).
 #
-# Default set: oci-conformance crane oras regctl minio helm distribution
+# Default set: oci-conformance crane oras regctl minio helm distribution gitops-check
 #   (distribution: CNCF distribution v3 `registry`, as `distribution-registry`, the
 #   registry without a referrers API that tests/sync pushes to and pulls from)
 #
@@ -90,6 +90,7 @@
 # -----------------------------------------------------------------------------
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # Pinned versions.  The Go module proxy here does not serve every version
 # (it answers 403 for some): the comments say what was checked.
@@ -102,7 +103,7 @@ set -euo pipefail
 : "${HELM_VERSION:=v3.21.4}"
 : "${HELM_K8S_VERSION:=1.33}" # what offline `helm template`/`helm lint` take as the cluster version
 
-DEFAULT_TOOLS=(oci-conformance crane oras regctl minio helm distribution)
+DEFAULT_TOOLS=(oci-conformance crane oras regctl minio helm distribution gitops-check)
 ALL_TOOLS=("${DEFAULT_TOOLS[@]}")
 
 VERSIONS_DIR="$BERTH_BIN/.versions"
@@ -192,6 +193,13 @@ build_helm() {
  -X $p/pkg/lint/rules.k8sVersionMajor=$major -X $p/pkg/lint/rules.k8sVersionMinor=$minor" "$1"
 }
 
+# berth-gitops-check (scripts/gitops-check/): kstatus from sigs.k8s.io/cli-utils
+# v0.37.2 and Argo CD's Lua interpreter (gopher-lua v1.1.1), for the GitOps tests.
+# Versioned by a hash of its source, so an edit rebuilds it.
+build_gitops_check() {
+  (cd "$SCRIPTS_DIR/gitops-check" && go build -ldflags="-s -w" -o "$1" .)
+}
+
 build_tool() {
   case "$1" in
     oci-conformance) provide oci-conformance.test "oci-conformance-$OCI_CONFORMANCE_VERSION.test" build_oci_conformance ;;
@@ -201,6 +209,7 @@ build_tool() {
     minio)           provide minio "minio-$MINIO_VERSION" build_minio ;;
     distribution)    provide distribution-registry "distribution-registry-$DISTRIBUTION_VERSION" build_distribution ;;
     helm)            provide helm "helm-$HELM_VERSION-k8s$HELM_K8S_VERSION" build_helm ;;
+    gitops-check)    provide berth-gitops-check "berth-gitops-check-$(cat "$SCRIPTS_DIR"/gitops-check/{go.mod,go.sum,main.go} | sha256sum | cut -c1-12)" build_gitops_check ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
   esac
 }

@@ -575,7 +575,8 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
             sync_engine(&state, sync_metrics),
         )
         .with_triggers(hosts, trigger_metrics)
-        .with_gc(gc.clone()),
+        .with_gc(gc.clone())
+        .with_events(&identity),
     );
     tokio::spawn(controller::run_operator(ctx, election));
     serve_registry(&args.registry, listener, state, &storage.location, gc).await

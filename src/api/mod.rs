@@ -39,13 +39,37 @@ pub const GROUP: &str = "berth.dev";
 
 /// The CRDs of all five kinds, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    let mut crds = vec![
         Namespace::crd(),
         Repository::crd(),
         SyncRule::crd(),
         AgingRule::crd(),
         Trigger::crd(),
-    ]
+    ];
+    crds.iter_mut().for_each(default_unobserved_status);
+    crds
+}
+
+/// Gives `status` the default `{observedGeneration: 0}`, which the apiserver fills in
+/// for a resource berth has not reported on yet. kstatus (Flux, kpt) then sees
+/// generation 1 not yet observed and says InProgress; without it, a resource with no
+/// status at all looks Current before berth has even seen it.
+fn default_unobserved_status(crd: &mut CustomResourceDefinition) {
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"));
+        if let Some(status) = status {
+            status.default = Some(
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON(
+                    serde_json::json!({"observedGeneration": 0}),
+                ),
+            );
+        }
+    }
 }
 
 /// The file under `crds/` that holds a CRD.

@@ -17,6 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
+use super::status::Health;
 use super::trigger::{RegistryHosts, parse_image};
 use super::{Context, Error, on_error, status};
 use crate::aging::{self, AgingPolicy, AgingReport, InUse, Scope};
@@ -41,6 +42,8 @@ pub fn controller(
     ctx: Arc<Context>,
 ) -> impl Stream<Item = Result<(ObjectRef<AgingRule>, Action), impl std::fmt::Display>> {
     Controller::new(Api::<AgingRule>::all(client), config)
+        // A rule applied before its berth Namespace is Ready as soon as that appears.
+        .reconcile_all_on(ctx.policy.namespace_changes())
         .shutdown_on_signal()
         .run(
             reconcile,
@@ -83,17 +86,13 @@ async fn reconcile(rule: Arc<AgingRule>, ctx: Arc<Context>) -> Result<Action, Er
         Ok(_) => None,
     };
     if let Some((reason, message)) = refusal {
-        next.conditions = status::ready_conditions(
-            Some(&previous.conditions),
-            false,
-            reason,
-            message.clone(),
-            generation,
-        );
-        let stalled = (reason == "InvalidSchedule").then_some((reason, message));
-        status::set_stalled(&mut next.conditions, stalled, generation);
+        let health = match reason {
+            "InvalidSchedule" => Health::stalled(reason, message),
+            _ => Health::waiting(reason, message),
+        };
+        next.conditions = health.conditions(&previous.conditions, generation);
         next.next_run = None;
-        status::apply(&api, &name, rule.status.as_ref(), &next).await?;
+        write(&api, &ctx, &rule, &next).await?;
         return Ok(Action::requeue(RECHECK));
     }
     let schedule = Schedule::parse(schedule_text).expect("checked above");
@@ -129,26 +128,18 @@ async fn reconcile(rule: Arc<AgingRule>, ctx: Arc<Context>) -> Result<Action, Er
                 record(&mut next, &report, freed);
                 let message = summary(&report, freed, rule.spec.dry_run, due);
                 tracing::info!(rule = %name, "{message}");
-                next.conditions = status::ready_conditions(
-                    Some(&previous.conditions),
-                    true,
-                    if rule.spec.dry_run {
-                        "DryRun"
-                    } else {
-                        "Succeeded"
-                    },
-                    message,
-                    generation,
-                );
+                let reason = if rule.spec.dry_run {
+                    "DryRun"
+                } else {
+                    "Succeeded"
+                };
+                next.conditions =
+                    Health::ready(reason, message).conditions(&previous.conditions, generation);
             }
             Err(e) => {
-                next.conditions = status::ready_conditions(
-                    Some(&previous.conditions),
-                    false,
-                    "RunFailed",
-                    e.to_string(),
-                    generation,
-                );
+                // Retried on the next schedule or request; not a spec error.
+                next.conditions = Health::waiting("RunFailed", e.to_string())
+                    .conditions(&previous.conditions, generation);
                 tracing::warn!(rule = %name, error = %e, "aging run failed");
             }
         }
@@ -158,25 +149,34 @@ async fn reconcile(rule: Arc<AgingRule>, ctx: Arc<Context>) -> Result<Action, Er
         .any(|c| c.type_ == "Ready" && c.status == "True")
         || previous.observed_generation != generation
     {
-        next.conditions = status::ready_conditions(
-            Some(&previous.conditions),
-            true,
+        next.conditions = Health::ready(
             "Scheduled",
             format!("runs on schedule {:?}", schedule.as_str()),
-            generation,
-        );
+        )
+        .conditions(&previous.conditions, generation);
     }
-    status::set_stalled(&mut next.conditions, None, generation);
     let after = next.last_run.as_ref().map(|t| t.0).unwrap_or(since);
     let upcoming = schedule.next_after(after.max(now));
     next.next_run = upcoming.map(Time);
-    status::apply(&api, &name, rule.status.as_ref(), &next).await?;
+    write(&api, &ctx, &rule, &next).await?;
     ctx.backoff.reset(&name);
     let wait = upcoming
         .map(|at| Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default())
         .unwrap_or(RECHECK)
         .min(RECHECK);
     Ok(Action::requeue(wait.max(Duration::from_secs(1))))
+}
+
+async fn write(
+    api: &Api<AgingRule>,
+    ctx: &Context,
+    rule: &AgingRule,
+    next: &AgingRuleStatus,
+) -> Result<(), Error> {
+    status::write(api, &ctx.events, rule, rule.status.as_ref(), next, |s| {
+        &s.conditions
+    })
+    .await
 }
 
 #[derive(Debug, thiserror::Error)]

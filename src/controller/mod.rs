@@ -7,6 +7,7 @@ pub mod aging_rule;
 pub mod auth_secrets;
 mod backoff;
 mod error;
+pub mod events;
 pub mod leader;
 mod metrics;
 mod namespace;
@@ -56,6 +57,8 @@ pub struct Context {
     pub gc: Option<Arc<Collector>>,
     /// The replication engine the SyncRules run on (leader only).
     pub sync: Arc<crate::sync::Engine>,
+    /// Kubernetes Events about the resources (condition changes, Trigger firings).
+    pub events: events::Announcer,
     backoff: Backoff,
 }
 
@@ -84,6 +87,7 @@ impl Context {
             policy: policy.clone(),
             hosts: trigger::RegistryHosts::default(),
             metrics: Arc::default(),
+            events: events::Announcer::disabled(),
         });
         Context {
             client,
@@ -96,6 +100,7 @@ impl Context {
             triggers,
             gc: None,
             sync,
+            events: events::Announcer::disabled(),
             backoff: Backoff::default(),
         }
     }
@@ -112,6 +117,21 @@ impl Context {
         }
     }
 
+    /// Publishes Kubernetes Events as `instance` (this replica's Pod name), from the
+    /// reconcilers and the Triggers.
+    pub fn with_events(mut self, instance: &str) -> Self {
+        self.events = events::Announcer::new(self.client.clone(), instance);
+        self.triggers = Arc::new(trigger::Env {
+            client: self.client.clone(),
+            store: self.store.clone(),
+            policy: self.policy.clone(),
+            hosts: self.triggers.hosts.clone(),
+            metrics: self.triggers.metrics.clone(),
+            events: self.events.clone(),
+        });
+        self
+    }
+
     /// The host names under which workloads name this registry, and the metrics the
     /// Triggers report to.
     pub fn with_triggers(
@@ -125,6 +145,7 @@ impl Context {
             policy: self.policy.clone(),
             hosts,
             metrics,
+            events: self.events.clone(),
         });
         self
     }

@@ -9,7 +9,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
-use super::{Context, Error, RESYNC, on_error, status};
+use super::status::{self, Health};
+use super::{Context, Error, RESYNC, on_error};
 use crate::api::{Namespace, NamespaceStatus};
 use crate::oci::RepositoryName;
 
@@ -44,55 +45,43 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Erro
         usage.tags += u.tags as i64;
         usage.bytes_used += u.bytes as i64;
     }
-    let generation = ns.metadata.generation;
     // Ready means "in effect": wait until this replica's registry policy has caught up.
     let in_effect =
         ctx.policy.current().namespace(&name) == Some(&crate::config::namespace_policy(&ns));
-    if !in_effect {
-        let status = NamespaceStatus {
-            observed_generation: generation,
-            conditions: status::ready_conditions(
-                ns.status.as_ref().map(|s| &s.conditions),
-                false,
-                "Applying",
-                "waiting for the registry to load this namespace",
-                generation,
-            ),
-            ..usage
-        };
-        status::apply(
-            &Api::<Namespace>::all(ctx.client.clone()),
-            &name,
-            ns.status.as_ref(),
-            &status,
+    let health = if in_effect {
+        let visibility = serde_json::to_value(ns.spec.visibility)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        Health::ready(
+            "Reconciled",
+            format!("namespace {name} is in effect ({visibility} visibility)"),
         )
-        .await?;
-        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
-    }
+    } else {
+        Health::waiting(
+            "Applying",
+            "waiting for the registry to load this namespace",
+        )
+    };
+    let generation = ns.metadata.generation;
+    let previous = ns.status.as_ref().map_or(&[][..], |s| &s.conditions);
     let status = NamespaceStatus {
         observed_generation: generation,
-        conditions: status::ready_conditions(
-            ns.status.as_ref().map(|s| &s.conditions),
-            true,
-            "Reconciled",
-            format!(
-                "namespace {name} is in effect ({} visibility)",
-                serde_json::to_value(ns.spec.visibility)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            ),
-            generation,
-        ),
+        conditions: health.conditions(previous, generation),
         ..usage
     };
-    status::apply(
+    status::write(
         &Api::<Namespace>::all(ctx.client.clone()),
-        &name,
+        &ctx.events,
+        ns.as_ref(),
         ns.status.as_ref(),
         &status,
+        |s| &s.conditions,
     )
     .await?;
+    if !in_effect {
+        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
+    }
     ctx.backoff.reset(&name);
     Ok(Action::requeue(RESYNC))
 }

@@ -12,8 +12,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
-use super::{Context, Error, RESYNC, on_error, status};
-use crate::api::{DeletionPolicy, Namespace, Repository, RepositoryStatus};
+use super::status::{self, Health};
+use super::{Context, Error, RESYNC, on_error};
+use crate::api::{DeletionPolicy, Repository, RepositoryStatus};
 use crate::config::repository_name;
 use crate::oci::RepositoryName;
 
@@ -27,23 +28,11 @@ pub fn controller(
     config: watcher::Config,
     ctx: Arc<Context>,
 ) -> impl Stream<Item = Result<(ObjectRef<Repository>, Action), impl std::fmt::Display>> {
-    let controller = Controller::new(Api::<Repository>::all(client.clone()), config.clone());
-    let repositories = controller.store();
-    // A Namespace appearing or going away changes whether its Repositories are Ready.
-    controller
-        .watches(
-            Api::<Namespace>::all(client),
-            config,
-            move |ns: Namespace| {
-                let name = ns.name_any();
-                repositories
-                    .state()
-                    .iter()
-                    .filter(|r| r.spec.namespace == name)
-                    .map(|r| ObjectRef::from_obj(r.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+    // A berth Namespace appearing or going away changes whether its Repositories are
+    // Ready. Followed through the registry's policy rather than a watch of Namespaces:
+    // Ready is judged from the policy, which the Namespace watch can overtake.
+    Controller::new(Api::<Repository>::all(client), config)
+        .reconcile_all_on(ctx.policy.namespace_changes())
         .with_config(kube::runtime::controller::Config::default().debounce(super::PUSH_DEBOUNCE))
         .reconcile_all_on(ctx.pushes.ticks())
         .shutdown_on_signal()
@@ -74,78 +63,55 @@ async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Action, E
     }
 
     let generation = repo.metadata.generation;
-    let previous = repo.status.as_ref().map(|s| &s.conditions);
+    let previous = repo.status.as_ref().map_or(&[][..], |s| &s.conditions);
     let full_name = repository_name(&repo);
     let invalid = crate::config::validate_repository(&repo).err();
-    let mut status = match (full_name.parse::<RepositoryName>(), &invalid) {
-        (Ok(full), Some(e)) => RepositoryStatus {
-            observed_generation: generation,
-            conditions: status::ready_conditions(
-                previous,
-                false,
-                INVALID_SPEC,
-                format!(
-                    "{e}; until it is fixed, the registry keeps enforcing the last valid version of {full}, or, if it never had one, refuses it to everyone but administrators and namespace {:?}'s members",
-                    full.namespace()
-                ),
-                generation,
-            ),
-            ..Default::default()
-        },
-        (Err(e), _) => RepositoryStatus {
-            observed_generation: generation,
-            conditions: status::ready_conditions(
-                previous,
-                false,
-                "InvalidName",
-                e.to_string(),
-                generation,
-            ),
-            ..Default::default()
-        },
+    let (health, usage) = match (full_name.parse::<RepositoryName>(), &invalid) {
+        (Ok(full), Some(e)) => {
+            tracing::warn!(repository = %name, message = %e, "invalid Repository fails closed");
+            let message = format!(
+                "{e}; until it is fixed, the registry keeps enforcing the last valid version of {full}, or, if it never had one, refuses it to everyone but administrators and namespace {:?}'s members",
+                full.namespace()
+            );
+            (Health::stalled(INVALID_SPEC, message), None)
+        }
+        (Err(e), _) => (Health::stalled("InvalidName", e.to_string()), None),
         (Ok(full), None) if ctx.policy.current().namespace(full.namespace()).is_none() => {
-            RepositoryStatus {
-                observed_generation: generation,
-                conditions: status::ready_conditions(
-                    previous,
-                    false,
-                    "NamespaceNotFound",
-                    format!(
-                        "berth Namespace {:?} does not exist: create it to use this repository",
-                        full.namespace()
-                    ),
-                    generation,
-                ),
-                ..Default::default()
-            }
+            let message = format!(
+                "berth Namespace {:?} does not exist: create it to use this repository",
+                full.namespace()
+            );
+            (Health::waiting("NamespaceNotFound", message), None)
         }
         (Ok(full), None) => {
             let usage = ctx.store.repository_usage(&full).await?;
-            RepositoryStatus {
-                observed_generation: generation,
-                conditions: status::ready_conditions(
-                    previous,
-                    true,
-                    "Reconciled",
-                    format!("repository {full} is in effect"),
-                    generation,
-                ),
-                tags: usage.tags as i64,
-                size_bytes: usage.bytes as i64,
-                pull_count: repo.status.as_ref().map_or(0, |s| s.pull_count),
-                last_push: usage
-                    .last_push
-                    .and_then(|secs| Timestamp::from_second(secs).ok())
-                    .map(Time),
-            }
+            let health = Health::ready("Reconciled", format!("repository {full} is in effect"));
+            (health, Some(usage))
         }
     };
-    let stalled = invalid.map(|e| (INVALID_SPEC, e.to_string()));
-    if let Some((_, message)) = &stalled {
-        tracing::warn!(repository = %name, %message, "invalid Repository fails closed");
-    }
-    status::set_stalled(&mut status.conditions, stalled, generation);
-    status::apply(&api, &name, repo.status.as_ref(), &status).await?;
+    let status = RepositoryStatus {
+        observed_generation: generation,
+        conditions: health.conditions(previous, generation),
+        tags: usage.as_ref().map_or(0, |u| u.tags as i64),
+        size_bytes: usage.as_ref().map_or(0, |u| u.bytes as i64),
+        pull_count: match usage {
+            Some(_) => repo.status.as_ref().map_or(0, |s| s.pull_count),
+            None => 0,
+        },
+        last_push: usage
+            .and_then(|u| u.last_push)
+            .and_then(|secs| Timestamp::from_second(secs).ok())
+            .map(Time),
+    };
+    status::write(
+        &api,
+        &ctx.events,
+        repo.as_ref(),
+        repo.status.as_ref(),
+        &status,
+        |s| &s.conditions,
+    )
+    .await?;
     ctx.backoff.reset(&name);
     Ok(Action::requeue(RESYNC))
 }

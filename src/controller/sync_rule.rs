@@ -107,6 +107,8 @@ pub fn controller(
             }),
         )
         .reconcile_all_on(changes)
+        // A rule applied before its berth Namespace is Ready as soon as that appears.
+        .reconcile_all_on(ctx.policy.namespace_changes())
         .shutdown_on_signal()
         .run(
             reconcile,
@@ -170,38 +172,23 @@ async fn reconcile(rule: Arc<SyncRule>, sctx: Arc<SyncContext>) -> Result<Action
     };
     let generation = rule.metadata.generation;
     let state = ctx.sync.state(&name).unwrap_or_default();
-    let (ready, reason, message, stalled) = match &outcome {
-        Err(r) => (
-            false,
-            r.reason,
-            r.message.clone(),
-            Some((r.reason, r.message.clone())),
-        ),
+    let health = match &outcome {
+        Err(r) => status::Health::stalled(r.reason, r.message.clone()),
         Ok(()) => match &state.health {
-            Health::Ok => (true, "Synced", synced_message(&rule, &state), None),
-            Health::Starting => (
-                false,
+            Health::Ok => status::Health::ready("Synced", synced_message(&rule, &state)),
+            Health::Starting => status::Health::waiting(
                 "Connecting",
                 format!("comparing with {}", rule.spec.remote.url),
-                None,
             ),
-            Health::Disabled => (
-                true,
-                "Disabled",
-                "the rule is disabled (spec.enabled: false)".to_string(),
-                None,
-            ),
-            Health::Failing { reason, message } => (false, *reason, message.clone(), None),
+            Health::Disabled => {
+                status::Health::ready("Disabled", "the rule is disabled (spec.enabled: false)")
+            }
+            // An unreachable remote or failing copies: retried with backoff, so it
+            // is work under way rather than a terminal error.
+            Health::Failing { reason, message } => status::Health::waiting(reason, message.clone()),
         },
     };
-    let mut conditions = status::ready_conditions(
-        previous.map(|s| &s.conditions),
-        ready,
-        reason,
-        message,
-        generation,
-    );
-    status::set_stalled(&mut conditions, stalled, generation);
+    let conditions = health.conditions(previous.map_or(&[][..], |s| &s.conditions), generation);
     let status = SyncRuleStatus {
         observed_generation: generation,
         conditions,
@@ -219,11 +206,13 @@ async fn reconcile(rule: Arc<SyncRule>, sctx: Arc<SyncContext>) -> Result<Action
             .or_else(|| previous.and_then(|s| s.last_success.clone())),
         last_sync_now,
     };
-    status::apply(
+    status::write(
         &Api::<SyncRule>::all(ctx.client.clone()),
-        &name,
+        &ctx.events,
+        rule.as_ref(),
         previous,
         &status,
+        |s| &s.conditions,
     )
     .await?;
     ctx.backoff.reset(&name);

@@ -219,6 +219,9 @@ impl Snapshot {
 pub struct Policy {
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
     loaded: Arc<AtomicBool>,
+    /// Bumped whenever the set of namespaces that exist changes (one appears or goes
+    /// away), so whatever refers to a namespace is looked at again at once.
+    namespaces_changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Policy {
@@ -227,6 +230,7 @@ impl Policy {
         Policy {
             snapshot: Arc::new(RwLock::new(Arc::new(snapshot))),
             loaded: Arc::new(AtomicBool::new(true)),
+            namespaces_changed: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
@@ -248,8 +252,32 @@ impl Policy {
     }
 
     pub fn replace(&self, snapshot: Snapshot) {
-        *self.snapshot.write().expect("policy lock poisoned") = Arc::new(snapshot);
+        let changed = {
+            let mut current = self.snapshot.write().expect("policy lock poisoned");
+            let changed = current.open != snapshot.open
+                || current.namespaces.len() != snapshot.namespaces.len()
+                || current
+                    .namespaces
+                    .keys()
+                    .any(|n| !snapshot.namespaces.contains_key(n));
+            *current = Arc::new(snapshot);
+            changed
+        };
         self.loaded.store(true, Ordering::SeqCst);
+        if changed {
+            self.namespaces_changed
+                .send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// A stream that yields after every [`replace`](Self::replace) that adds or removes
+    /// a namespace (from the moment it is called; changes in a burst may yield once).
+    pub fn namespace_changes(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+        let receiver = self.namespaces_changed.subscribe();
+        futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.changed().await.ok()?;
+            Some(((), receiver))
+        })
     }
 }
 
@@ -259,6 +287,25 @@ mod tests {
 
     fn repo(s: &str) -> RepositoryName {
         s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn namespace_changes_yield_when_a_namespace_appears_or_goes_only() {
+        use futures::StreamExt;
+        let policy = Policy::new(Snapshot::managed([], []));
+        let mut changes = Box::pin(policy.namespace_changes());
+        let team = || ("team".to_string(), NamespacePolicy::default_library());
+        policy.replace(Snapshot::managed([team()], []));
+        assert_eq!(changes.next().await, Some(()), "team appeared");
+        let public_team = NamespacePolicy {
+            visibility: Visibility::Private,
+            ..NamespacePolicy::default_library()
+        };
+        policy.replace(Snapshot::managed([("team".to_string(), public_team)], []));
+        let quiet = tokio::time::timeout(std::time::Duration::from_millis(50), changes.next());
+        assert!(quiet.await.is_err(), "a changed namespace is not a new one");
+        policy.replace(Snapshot::managed([], []));
+        assert_eq!(changes.next().await, Some(()), "team went away");
     }
 
     #[test]

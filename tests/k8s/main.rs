@@ -11,6 +11,7 @@ mod chart;
 mod cluster;
 mod control_plane;
 mod crds;
+mod gitops;
 mod images;
 mod kubectl_output;
 mod operator;

@@ -10,6 +10,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::ResourceExt;
+use kube::runtime::events::EventType;
 
 use super::Env;
 use super::history::{self, PROGRESSING, StatusSink};
@@ -60,6 +61,9 @@ pub enum Fired {
     FailedBefore,
     TargetNotFound(String),
     NoMatchingContainer(String),
+    /// berth applied this push, and another field manager has since taken the image
+    /// over: a catch-up leaves it to them rather than fight (the next push applies).
+    TakenOver(String),
 }
 
 /// The trigger's Kubernetes namespace (standalone files without one mean `default`).
@@ -135,6 +139,11 @@ pub async fn fire(env: &Env, trigger: &Trigger, push: &Push) -> Result<Fired, ku
         if changes.is_empty() {
             return Ok(Fired::AlreadyCurrent);
         }
+        if push.caught_up
+            && let Some(why) = taken_over(&workload, &name, push, &changes)
+        {
+            return Ok(Fired::TakenOver(why));
+        }
         let last = LastPush {
             tag: push.tag.clone(),
             digest: push.digest.clone(),
@@ -164,19 +173,67 @@ pub async fn fire(env: &Env, trigger: &Trigger, push: &Push) -> Result<Fired, ku
     unreachable!("the last attempt returns")
 }
 
+/// Whether someone else took the images of `changes` over after berth applied `push`:
+/// the workload records `push` as this trigger's last, and another field manager owns
+/// a changed container's image, which berth no longer owns. Says who and what.
+fn taken_over(
+    workload: &Workload,
+    trigger: &str,
+    push: &Push,
+    changes: &[ImageChange],
+) -> Option<String> {
+    let last = workload.last_pushes().remove(trigger)?;
+    if last.tag != push.tag || last.digest != push.digest {
+        return None;
+    }
+    let berth_owns = workload.berth_owned_images();
+    let taken: Vec<String> = changes
+        .iter()
+        .filter(|c| !berth_owns.contains(&c.container))
+        .filter_map(|c| {
+            let owners = workload.other_image_owners(&c.container);
+            (!owners.is_empty()).then(|| {
+                format!(
+                    "container {} runs {} (image field managed by {})",
+                    c.container,
+                    workload.image_of(&c.container).unwrap_or_default(),
+                    owners.join(", ")
+                )
+            })
+        })
+        .collect();
+    (!taken.is_empty()).then(|| {
+        format!(
+            "{}: {} since berth applied {}@{}; berth does not take it back (the next push applies)",
+            workload.describe(),
+            taken.join("; "),
+            push.tag,
+            push.digest
+        )
+    })
+}
+
 /// Fires, counts and logs the outcome, and records a patch in the trigger's history.
+/// Returns the conflict when another field manager has taken the image over.
 pub async fn fire_and_record(
     env: &Env,
     trigger: &Trigger,
     push: &Push,
     sink: &StatusSink,
-) -> Result<(), kube::Error> {
+) -> Result<Option<String>, kube::Error> {
     let key = history::key(trigger);
     let fired = match fire(env, trigger, push).await {
         Ok(f) => f,
         Err(e) => {
             env.metrics.firing("Error");
             tracing::warn!(trigger = %key, tag = %push.tag, error = %e, "trigger could not patch its workload");
+            let note = format!(
+                "{}@{}: could not patch the workload: {e}",
+                push.tag, push.digest
+            );
+            env.events
+                .publish(trigger, EventType::Warning, "PatchFailed", "Fire", note)
+                .await;
             return Err(e);
         }
     };
@@ -222,6 +279,15 @@ pub async fn fire_and_record(
             let limit = trigger.spec.history_limit.max(1) as usize;
             sink.update(trigger, |s| history::record(s, &firing, limit))
                 .await?;
+            let note = format!(
+                "{}@{} pushed {latency_ms} ms before: {workload}: {}",
+                push.tag,
+                push.digest,
+                firing.message.as_deref().unwrap_or_default()
+            );
+            env.events
+                .publish(trigger, EventType::Normal, "Fired", "Fire", note)
+                .await;
         }
         Fired::FailedBefore => {
             tracing::debug!(trigger = %key, tag = %push.tag, "not applied again: its rollout failed");
@@ -240,13 +306,31 @@ pub async fn fire_and_record(
         Fired::TargetNotFound(why) => {
             count("TargetNotFound");
             tracing::warn!(trigger = %key, tag = %push.tag, "not applied: {why}");
+            not_applied(env, trigger, push, "TargetNotFound", &why).await;
         }
         Fired::NoMatchingContainer(why) => {
             count("NoMatchingContainer");
             tracing::warn!(trigger = %key, tag = %push.tag, "not applied: {why}");
+            not_applied(env, trigger, push, "NoMatchingContainer", &why).await;
+        }
+        Fired::TakenOver(why) => {
+            tracing::debug!(trigger = %key, tag = %push.tag, "not applied again: {why}");
+            return Ok(Some(why));
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// A Warning Event for a push that could not be applied (a catch-up finding the same
+/// problem is the Ready condition's business, not a new Event).
+async fn not_applied(env: &Env, trigger: &Trigger, push: &Push, reason: &str, why: &str) {
+    if push.caught_up {
+        return;
+    }
+    let note = format!("{}@{} not applied: {why}", push.tag, push.digest);
+    env.events
+        .publish(trigger, EventType::Warning, reason, "Fire", note)
+        .await;
 }
 
 /// Whether `container` runs the image of `digest` (pinned, or recorded for a tag).

@@ -59,6 +59,8 @@ pub struct Env {
     pub policy: Policy,
     pub hosts: RegistryHosts,
     pub metrics: Arc<TriggerMetrics>,
+    /// Events for each firing, rollout outcome and rollback.
+    pub events: super::events::Announcer,
 }
 
 /// The leader's trigger reconciler: conditions, rollouts, rollbacks, catch-up.
@@ -86,6 +88,9 @@ pub fn controller(
             every(),
             targeting(triggers, WorkloadKind::DaemonSet),
         )
+        // A berth Namespace appearing (or going away) decides whether a Trigger on one
+        // of its repositories is Ready: GitOps tools apply a folder in any order.
+        .reconcile_all_on(ctx.policy.namespace_changes())
         .shutdown_on_signal()
         .run(
             reconcile,

@@ -13,9 +13,11 @@ use super::fire::{Push, carries, fire_and_record, mark_failed, namespace_of, rol
 use super::history::{self, FAILED, PROGRESSING, ROLLED_BACK, SUCCEEDED, SUPERSEDED, StatusSink};
 use super::select::{TagFilter, select_containers};
 use super::workload::{Rollout, Workload};
-use crate::api::{ImageReference, TagMatchMode, Trigger, TriggerFiring, WorkloadKind, conditions};
+use crate::api::{ImageReference, TagMatchMode, Trigger, TriggerFiring, WorkloadKind};
 use crate::controller::Error;
+use crate::controller::status::Health;
 use crate::oci::{RepositoryName, Tag};
+use kube::runtime::events::EventType;
 
 /// A StatefulSet or DaemonSet has no progress deadline of its own: berth calls its
 /// rollout failed when it has not completed this long after the patch.
@@ -24,20 +26,6 @@ pub const ROLLOUT_DEADLINE: Duration = Duration::from_secs(600);
 /// How soon a rollout in progress is looked at again (watch events usually come first).
 pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 
-struct Verdict {
-    ready: bool,
-    reason: &'static str,
-    message: String,
-}
-
-fn refused(reason: &'static str, message: impl Into<String>) -> Verdict {
-    Verdict {
-        ready: false,
-        reason,
-        message: message.into(),
-    }
-}
-
 /// Reconciles one trigger; returns when to look again.
 pub async fn reconcile(
     env: &Env,
@@ -45,45 +33,52 @@ pub async fn reconcile(
     sink: &StatusSink,
     resync: Duration,
 ) -> Result<Duration, Error> {
-    let (verdict, progressing) = act(env, trigger, sink).await?;
+    let (health, progressing) = act(env, trigger, sink).await?;
+    let following = progressing.is_some();
+    let health = match progressing {
+        Some(rollout) => health.working("RollingOut", rollout),
+        None => health,
+    };
     let generation = trigger.metadata.generation;
-    sink.update(trigger, |status| {
-        status.observed_generation = generation;
-        conditions::set(
-            &mut status.conditions,
-            conditions::ready(
-                verdict.ready,
-                verdict.reason,
-                verdict.message.clone(),
-                generation,
-            ),
-        );
-    })
-    .await?;
-    Ok(if progressing { FOLLOW_EVERY } else { resync })
+    let before = sink.current(trigger).conditions;
+    let wrote = sink
+        .update(trigger, |status| {
+            status.observed_generation = generation;
+            health.apply_to(&mut status.conditions, generation);
+        })
+        .await?;
+    if wrote {
+        let after = health.conditions(&before, generation);
+        env.events.condition_changes(trigger, &before, &after).await;
+    }
+    Ok(if following { FOLLOW_EVERY } else { resync })
 }
 
 /// Checks the trigger and, when it is in effect, follows and catches up. Returns the
-/// verdict, and whether a rollout is still in progress.
-async fn act(env: &Env, trigger: &Trigger, sink: &StatusSink) -> Result<(Verdict, bool), Error> {
+/// verdict, and the rollout still in progress, if one is.
+async fn act(
+    env: &Env,
+    trigger: &Trigger,
+    sink: &StatusSink,
+) -> Result<(Health, Option<String>), Error> {
     let spec = &trigger.spec;
     let namespace = namespace_of(trigger);
     let registry_namespace = spec.repository.split('/').next().unwrap_or_default();
     let policy = env.policy.current();
     if !policy.open && policy.namespace(registry_namespace).is_none() {
         let message = format!("berth Namespace {registry_namespace:?} does not exist");
-        return Ok((refused("NamespaceNotFound", message), false));
+        return Ok((Health::waiting("NamespaceNotFound", message), None));
     }
     let filter = match TagFilter::new(&spec.tags) {
         Ok(f) => f,
         Err(e) => {
             let message = format!("spec.tags.regex does not compile: {e}");
-            return Ok((refused("InvalidRegex", message), false));
+            return Ok((Health::stalled("InvalidRegex", message), None));
         }
     };
     if !spec.enabled {
         let message = "the trigger is disabled (spec.enabled is false): pushes change nothing";
-        return Ok((refused("Disabled", message), false));
+        return Ok((Health::suspended("Disabled", message), None));
     }
     let target = &spec.target;
     let Some(workload) = Workload::get(&env.client, &namespace, target.kind, &target.name).await?
@@ -92,7 +87,7 @@ async fn act(env: &Env, trigger: &Trigger, sink: &StatusSink) -> Result<(Verdict
             "{:?} {namespace}/{} does not exist",
             target.kind, target.name
         );
-        return Ok((refused("TargetNotFound", message), false));
+        return Ok((Health::waiting("TargetNotFound", message), None));
     };
     if let Err(why) = select_containers(
         &workload.containers(),
@@ -101,16 +96,17 @@ async fn act(env: &Env, trigger: &Trigger, sink: &StatusSink) -> Result<(Verdict
         &env.hosts,
     ) {
         let message = format!("{}: {why}", workload.describe());
-        return Ok((refused("NoMatchingContainer", message), false));
+        // Stalled: nothing changes until the Trigger or its workload is edited.
+        return Ok((Health::stalled("NoMatchingContainer", message), None));
     }
     let progressing = follow(env, trigger, &workload, sink).await?;
-    catch_up(env, trigger, &filter, sink).await?;
-    let verdict = Verdict {
-        ready: true,
-        reason: "Watching",
-        message: describe(trigger, &workload),
-    };
-    Ok((verdict, progressing))
+    if let Some(conflict) = catch_up(env, trigger, &filter, sink).await? {
+        // Reported, not fought: a GitOps tool that took the field back with
+        // --force-conflicts would otherwise trade the image with berth for ever.
+        return Ok((Health::stalled("ImageConflict", conflict), None));
+    }
+    let health = Health::ready("Watching", describe(trigger, &workload));
+    Ok((health, progressing))
 }
 
 /// `rolls out Deployment ns/web (container web) on pushes of team-a/web tags matching ^v.*$, pinned by digest`
@@ -142,14 +138,14 @@ fn describe(trigger: &Trigger, workload: &Workload) -> String {
     )
 }
 
-/// Follows the rollout of the newest firing while it is `Progressing`; returns whether
-/// it still is.
+/// Follows the rollout of the newest firing while it is `Progressing`; returns what it
+/// is waiting for while it still is.
 async fn follow(
     env: &Env,
     trigger: &Trigger,
     workload: &Workload,
     sink: &StatusSink,
-) -> Result<bool, Error> {
+) -> Result<Option<String>, Error> {
     let status = sink.current(trigger);
     let Some(firing) = status
         .history
@@ -157,17 +153,17 @@ async fn follow(
         .filter(|f| f.result == PROGRESSING)
         .cloned()
     else {
-        return Ok(false);
+        return Ok(None);
     };
     if !carries(workload, &firing) {
         let message = "someone else changed the image before the rollout finished";
         conclude(env, trigger, sink, &firing, SUPERSEDED, message).await?;
-        return Ok(false);
+        return Ok(None);
     }
     let failure = match workload.rollout() {
         Rollout::Complete(message) => {
             conclude(env, trigger, sink, &firing, SUCCEEDED, &message).await?;
-            return Ok(false);
+            return Ok(None);
         }
         Rollout::Failed(message) => message,
         Rollout::Progressing(message) => {
@@ -176,7 +172,8 @@ async fn follow(
             let overdue = workload.kind != WorkloadKind::Deployment
                 && waited.as_secs_f64() > ROLLOUT_DEADLINE.as_secs_f64();
             if !overdue {
-                return Ok(true);
+                let what = format!("rolling out {}@{}: {message}", firing.tag, firing.digest);
+                return Ok(Some(what));
             }
             format!(
                 "not rolled out {} s after the patch: {message}",
@@ -187,7 +184,7 @@ async fn follow(
     if !trigger.spec.rollback {
         mark_failed(env, trigger, &firing).await?;
         conclude(env, trigger, sink, &firing, FAILED, &failure).await?;
-        return Ok(false);
+        return Ok(None);
     }
     let restored = roll_back(env, trigger, &firing).await?;
     if restored.is_empty() {
@@ -198,7 +195,7 @@ async fn follow(
         tracing::warn!(trigger = %history::key(trigger), tag = %firing.tag, "{message}");
         conclude(env, trigger, sink, &firing, ROLLED_BACK, &message).await?;
     }
-    Ok(false)
+    Ok(None)
 }
 
 async fn conclude(
@@ -213,6 +210,16 @@ async fn conclude(
         .update(trigger, |s| history::conclude(s, firing, result, message))
         .await?;
     if wrote {
+        let (type_, reason) = match result {
+            SUCCEEDED => (EventType::Normal, "RolloutSucceeded"),
+            ROLLED_BACK => (EventType::Warning, "RolledBack"),
+            SUPERSEDED => (EventType::Normal, "RolloutSuperseded"),
+            _ => (EventType::Warning, "RolloutFailed"),
+        };
+        let note = format!("{}@{}: {message}", firing.tag, firing.digest);
+        env.events
+            .publish(trigger, type_, reason, "Rollout", note)
+            .await;
         let since_push = Timestamp::now().duration_since(firing.pushed_at.0);
         let seconds = (result == SUCCEEDED).then(|| since_push.as_secs_f64());
         env.metrics.rollout(result, seconds);
@@ -221,15 +228,16 @@ async fn conclude(
 }
 
 /// Fires for the most recently pushed matching tag if the workload does not run it
-/// (unless that very push failed: see [`fire`](super::fire::fire)).
+/// (unless that very push failed, or someone took the image over after berth applied
+/// it: see [`fire`](super::fire::fire)). Returns that conflict, if there is one.
 async fn catch_up(
     env: &Env,
     trigger: &Trigger,
     filter: &TagFilter,
     sink: &StatusSink,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let Ok(repository) = trigger.spec.repository.parse::<RepositoryName>() else {
-        return Ok(());
+        return Ok(None);
     };
     let newest = env
         .store
@@ -239,15 +247,14 @@ async fn catch_up(
         .filter(|(tag, _)| filter.matches(tag))
         .max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
     let Some((tag, pushed_at)) = newest else {
-        return Ok(());
+        return Ok(None);
     };
     let Ok(parsed) = tag.parse::<Tag>() else {
-        return Ok(());
+        return Ok(None);
     };
     let Some(link) = env.store.resolve_tag(&repository, &parsed).await? else {
-        return Ok(()); // deleted since the listing
+        return Ok(None); // deleted since the listing
     };
     let push = Push::new(tag, link.digest.to_string(), pushed_at, true);
-    fire_and_record(env, trigger, &push, sink).await?;
-    Ok(())
+    Ok(fire_and_record(env, trigger, &push, sink).await?)
 }

@@ -80,6 +80,8 @@ pub async fn start(
         policy: parts.policy,
         hosts: parts.hosts,
         metrics: parts.metrics,
+        // A Trigger here is a file: there may be no resource to attach an Event to.
+        events: crate::controller::events::Announcer::disabled(),
     });
     tokio::spawn(run(folder, env, parts.pushes));
     Ok(())

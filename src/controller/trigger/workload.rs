@@ -186,6 +186,38 @@ impl Workload {
             .collect()
     }
 
+    /// The field managers other than berth that own `container`'s image: someone who
+    /// applied it with `--force-conflicts` (a GitOps tool taking the field back), or
+    /// changed it with an update (`kubectl set image`).
+    pub fn other_image_owners(&self, container: &str) -> Vec<String> {
+        self.object
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| m.manager.as_deref() != Some(FIELD_MANAGER))
+            .filter(|m| m.subresource.as_deref().unwrap_or_default().is_empty())
+            .filter(|m| {
+                let Some(fields) = m.fields_v1.as_ref() else {
+                    return false;
+                };
+                let containers = &fields.0["f:spec"]["f:template"]["f:spec"]["f:containers"];
+                containers
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .any(|(key, item)| {
+                        let name = key
+                            .strip_prefix("k:")
+                            .and_then(|k| serde_json::from_str::<Value>(k).ok());
+                        name.is_some_and(|n| n["name"] == container)
+                            && item.get("f:image").is_some()
+                    })
+            })
+            .filter_map(|m| m.manager.clone())
+            .collect()
+    }
+
     /// Applies `changes`, recording `last_push` for the named trigger, only if the
     /// workload is still at the resourceVersion it was read at (a 409 otherwise): two
     /// replicas acting on the same read never both write. Returns the patched workload.

@@ -134,7 +134,9 @@ async fn an_index_with_a_referrer_goes_to_distribution_by_fallback_tag_and_comes
         .push_referrer("team-a/multi", &index, index_bytes.len(), OCI_INDEX)
         .await;
     // The signature is pushed after the tag: a catch-up or the next push carries it.
-    reg.push_image("team-a/multi", "v2", &[&layer("v2", 1000)], "v2")
+    // v2's 20 MiB layer is larger than a chunk: it goes as PATCH chunks.
+    let (v2, _) = reg
+        .push_image("team-a/multi", "v2", &[&layer("v2", 20 << 20)], "v2")
         .await;
     let d = Reg::open(dist.url.clone());
     let fallback = format!("sha256-{}", index.strip_prefix("sha256:").unwrap());
@@ -144,6 +146,7 @@ async fn an_index_with_a_referrer_goes_to_distribution_by_fallback_tag_and_comes
         || async {
             d.digest("mirror/multi", "v1").await.as_deref() == Some(index.as_str())
                 && d.digest("mirror/multi", &fallback).await.is_some()
+                && d.digest("mirror/multi", "v2").await.as_deref() == Some(v2.as_str())
         },
     )
     .await;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::Berth;
 use support::*;
 
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
 fn push_rule(name: &str, remote: &str, extra: &str) -> String {
     rule(
@@ -190,6 +190,7 @@ async fn an_index_with_a_referrer_goes_to_distribution_by_fallback_tag_and_comes
     wait_until("the index pulled back with its signature", WAIT, || async {
         back.digest("team-a/multi", "v1").await.as_deref() == Some(index.as_str())
             && back.digest("team-a/multi", &sig).await.is_some()
+            && back.digest("team-a/multi", "v2").await.as_deref() == Some(v2.as_str())
     })
     .await;
     assert_eq!(

@@ -13,9 +13,10 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 
 use super::{Context, Error, RESYNC, on_error, status};
 use crate::api::{CaBundleKind, SecretReference, SyncRule, SyncRuleStatus, SyncRun};
@@ -39,7 +40,11 @@ fn refused(reason: &'static str, message: impl Into<String>) -> Refusal {
 struct SyncContext {
     ctx: Arc<Context>,
     rules: reflector::Store<SyncRule>,
+    events: Recorder,
 }
+
+/// At most this many Events per reconcile (the rest are in status.runs).
+const EVENTS_PER_RECONCILE: usize = 5;
 
 pub fn controller(
     client: Client,
@@ -62,6 +67,13 @@ pub fn controller(
     let sync_ctx = Arc::new(SyncContext {
         ctx: ctx.clone(),
         rules: rules.clone(),
+        events: Recorder::new(
+            ctx.client.clone(),
+            Reporter {
+                controller: super::FIELD_MANAGER.into(),
+                instance: None,
+            },
+        ),
     });
     // Deleted rules stop: nothing reconciles a rule that is gone, so prune by the cache.
     let prune = {
@@ -206,6 +218,7 @@ async fn reconcile(rule: Arc<SyncRule>, sctx: Arc<SyncContext>) -> Result<Action
             .or_else(|| previous.and_then(|s| s.last_success.clone())),
         last_sync_now,
     };
+    publish_events(&sctx.events, &rule, previous, &status).await;
     status::write(
         &Api::<SyncRule>::all(ctx.client.clone()),
         &ctx.events,
@@ -359,4 +372,57 @@ async fn own_secret(
             )),
         },
     )
+}
+
+/// Kubernetes Events for what changed since the last status: new tasks (a copy, a
+/// conflict, a failure). Best effort: status holds the same.
+async fn publish_events(
+    recorder: &Recorder,
+    rule: &SyncRule,
+    previous: Option<&SyncRuleStatus>,
+    status: &SyncRuleStatus,
+) {
+    let last_seen = previous.and_then(|p| p.runs.first());
+    let events: Vec<Event> = status
+        .runs
+        .iter()
+        .take_while(|r| Some(*r) != last_seen)
+        .take(EVENTS_PER_RECONCILE)
+        .map(|r| {
+            let (type_, reason) = match r.result.as_str() {
+                "Succeeded" => (EventType::Normal, "Copied"),
+                "Conflict" => (EventType::Warning, "Conflict"),
+                _ => (EventType::Warning, "CopyFailed"),
+            };
+            let note = match &r.message {
+                Some(m) => format!(
+                    "{} ({}): {m}",
+                    r.reference,
+                    r.trigger.as_deref().unwrap_or("")
+                ),
+                None => format!(
+                    "{} {} ({}, {} bytes, {} ms)",
+                    r.reference,
+                    r.digest.as_deref().unwrap_or(""),
+                    r.trigger.as_deref().unwrap_or(""),
+                    r.bytes,
+                    r.duration_ms
+                ),
+            };
+            Event {
+                type_,
+                reason: reason.into(),
+                note: Some(note.chars().take(1000).collect()),
+                action: "Sync".into(),
+                secondary: None,
+            }
+        })
+        .collect();
+    // Changes of Ready are announced with every other condition by status::write.
+    let reference = rule.object_ref(&());
+    for event in events {
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %e, "could not publish an Event");
+        }
+    }
 }

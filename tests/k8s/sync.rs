@@ -156,6 +156,15 @@ async fn a_sync_rule_with_a_dockerconfigjson_secret_replicates_pushes_and_runs_o
         status["runs"][0]["trigger"] == "Manual" && status["lastSyncNow"] == "first"
     })
     .await;
+    // Each copy is also a Kubernetes Event on the rule.
+    wait_until("a Copied Event", || async {
+        let field = format!("involvedObject.name={name}");
+        let events = cluster
+            .kubectl(&["get", "events", "-A", "--field-selector", &field])
+            .ok();
+        events.contains("Copied") && events.contains(&format!("{ns}/app:v1"))
+    })
+    .await;
     let printed = cluster.kubectl(&["get", "syncrule", &name]).ok();
     for column in ["DIRECTION", "REMOTE", "LAST RESULT", "READY", "REASON"] {
         assert!(printed.contains(column), "{printed}");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::Berth;
 use support::*;
 
-const WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(60);
 
 fn push_rule(name: &str, remote: &str, extra: &str) -> String {
     rule(
@@ -134,7 +134,9 @@ async fn an_index_with_a_referrer_goes_to_distribution_by_fallback_tag_and_comes
         .push_referrer("team-a/multi", &index, index_bytes.len(), OCI_INDEX)
         .await;
     // The signature is pushed after the tag: a catch-up or the next push carries it.
-    reg.push_image("team-a/multi", "v2", &[&layer("v2", 1000)], "v2")
+    // v2's 20 MiB layer is larger than a chunk: it goes as PATCH chunks.
+    let (v2, _) = reg
+        .push_image("team-a/multi", "v2", &[&layer("v2", 20 << 20)], "v2")
         .await;
     let d = Reg::open(dist.url.clone());
     let fallback = format!("sha256-{}", index.strip_prefix("sha256:").unwrap());
@@ -144,6 +146,7 @@ async fn an_index_with_a_referrer_goes_to_distribution_by_fallback_tag_and_comes
         || async {
             d.digest("mirror/multi", "v1").await.as_deref() == Some(index.as_str())
                 && d.digest("mirror/multi", &fallback).await.is_some()
+                && d.digest("mirror/multi", "v2").await.as_deref() == Some(v2.as_str())
         },
     )
     .await;
@@ -187,6 +190,7 @@ async fn an_index_with_a_referrer_goes_to_distribution_by_fallback_tag_and_comes
     wait_until("the index pulled back with its signature", WAIT, || async {
         back.digest("team-a/multi", "v1").await.as_deref() == Some(index.as_str())
             && back.digest("team-a/multi", &sig).await.is_some()
+            && back.digest("team-a/multi", "v2").await.as_deref() == Some(v2.as_str())
     })
     .await;
     assert_eq!(
@@ -373,6 +377,75 @@ async fn a_copy_cut_short_by_a_kill_is_finished_after_restart() {
         || async { b.digest("mirror/big", "v1").await.as_deref() == Some(digest.as_str()) },
     )
     .await;
+}
+
+/// TLS: a remote with a certificate from a private CA is trusted with the CA bundle
+/// from a ConfigMap in the folder, or with `insecureSkipTlsVerify`; without either the
+/// rule fails (counted as failing, `RemoteTLSFailed` in the log) and copies nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_ca_is_trusted_from_a_config_map_and_refused_without_it() {
+    let Some((_certs, ca, cert, key)) = test_certificates() else {
+        return;
+    };
+    let Some(dist) = Distribution::start_tls(&cert, &key) else {
+        return;
+    };
+    let pem = std::fs::read_to_string(&ca).unwrap();
+    let indented: String = pem.lines().map(|l| format!("    {l}\n")).collect();
+    let config_map = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: private-ca}}\ndata:\n  ca.crt: |\n{indented}---\n"
+    );
+    let rules = [
+        ("trusted", "caBundle: {kind: ConfigMap, name: private-ca}"),
+        ("insecure", "insecureSkipTlsVerify: true"),
+        ("untrusted", "insecureSkipTlsVerify: false"),
+    ]
+    .map(|(name, tls)| {
+        rule(
+            name,
+            &format!(
+                "  direction: Push\n  namespace: team-a\n  remote: {{url: \"{}\", namespace: {name}, {tls}}}\n",
+                dist.url
+            ),
+        )
+    })
+    .concat();
+    let folder = Folder::new(&format!("{config_map}{rules}"));
+    let (source, reg) = berth_with(&folder).await;
+    let (digest, _) = reg
+        .push_image("team-a/app", "v1", &[&layer("tls", 2000)], "tls")
+        .await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca_pem = reqwest::Certificate::from_pem(pem.as_bytes()).unwrap();
+    let checker = reqwest::Client::builder()
+        .tls_certs_only([ca_pem])
+        .build()
+        .unwrap();
+    let at = |ns: &'static str| {
+        let checker = checker.clone();
+        let url = format!("{}/v2/{ns}/app/manifests/v1", dist.url);
+        async move {
+            checker
+                .get(url)
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .and_then(|r| r.headers().get("docker-content-digest").cloned())
+                .map(|d| d.to_str().unwrap().to_string())
+        }
+    };
+    wait_until("copied with the CA bundle and insecurely", WAIT, || async {
+        at("trusted").await.as_deref() == Some(digest.as_str())
+            && at("insecure").await.as_deref() == Some(digest.as_str())
+    })
+    .await;
+    wait_until("the untrusted rule failing", WAIT, || async {
+        metric(&source.url(), "berth_sync_rules_failing").await == 1.0
+    })
+    .await;
+    assert_eq!(at("untrusted").await, None);
 }
 
 /// The benchmark the issue asks for: 20 images sharing most of their layers, synced by

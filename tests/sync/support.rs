@@ -379,16 +379,30 @@ pub struct Distribution {
 impl Distribution {
     pub fn start() -> Option<Distribution> {
         let bin = common::require_tool("distribution-registry")?;
-        Some(Distribution::start_at(&bin, free_port()))
+        Some(Distribution::start_at(&bin, free_port(), None))
     }
 
-    fn start_at(bin: &PathBuf, port: u16) -> Distribution {
+    /// Serving HTTPS with `cert` and `key` (PEM files).
+    pub fn start_tls(cert: &Path, key: &Path) -> Option<Distribution> {
+        let bin = common::require_tool("distribution-registry")?;
+        Some(Distribution::start_at(&bin, free_port(), Some((cert, key))))
+    }
+
+    fn start_at(bin: &PathBuf, port: u16, tls: Option<(&Path, &Path)>) -> Distribution {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.yml");
+        let tls_config = match tls {
+            Some((cert, key)) => format!(
+                "  tls: {{certificate: {}, key: {}}}\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_config}",
                 dir.path().join("data").display()
             ),
         )
@@ -400,7 +414,8 @@ impl Distribution {
             .stderr(Stdio::null())
             .spawn()
             .expect("start distribution-registry");
-        let url = format!("http://127.0.0.1:{port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "distribution did not start");
@@ -516,4 +531,62 @@ impl Drop for SlowLink {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with openssl:
+/// (folder, ca.crt, server.crt, server.key).
+pub fn test_certificates() -> Option<(tempfile::TempDir, PathBuf, PathBuf, PathBuf)> {
+    let openssl = common::require_tool("openssl")?;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let run = |args: &[&str]| {
+        common::run(Command::new(&openssl).current_dir(dir.path()).args(args));
+    };
+    std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=berth sync test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let (ca, cert, key) = (p("ca.crt"), p("server.crt"), p("server.key"));
+    Some((dir, ca, cert, key))
 }

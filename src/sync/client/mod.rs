@@ -11,6 +11,7 @@ mod error;
 mod tls;
 mod transport;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -37,6 +38,54 @@ const MAX_LISTING_BYTES: usize = 8 << 20;
 const MAX_LISTED: usize = 100_000;
 
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Blobs larger than this are sent in chunks of this size.
+pub const CHUNK_BYTES: u64 = 16 << 20;
+
+/// A blob stream being cut into chunks: what the last chunk read past its end.
+struct Split {
+    stream: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    leftover: Option<Bytes>,
+}
+
+/// The next `n` bytes of `source`, as a stream of their own.
+fn take(
+    source: Arc<tokio::sync::Mutex<Split>>,
+    n: u64,
+) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+    futures::stream::unfold((source, n), |(source, remaining)| async move {
+        if remaining == 0 {
+            return None;
+        }
+        let mut split = source.lock().await;
+        let chunk = match split.leftover.take() {
+            Some(b) => b,
+            None => match split.stream.next().await {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    drop(split);
+                    return Some((Err(e), (source, 0)));
+                }
+                None => {
+                    drop(split);
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the blob ended before its length",
+                    );
+                    return Some((Err(e), (source, 0)));
+                }
+            },
+        };
+        let mut chunk = chunk;
+        if chunk.len() as u64 > remaining {
+            split.leftover = Some(chunk.split_off(remaining as usize));
+        }
+        let left = remaining - chunk.len() as u64;
+        drop(split);
+        Some((Ok(chunk), (source, left)))
+    })
+    .boxed()
+}
 
 /// How long one request may take to start answering; bodies stream for as long as they flow.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -495,7 +544,10 @@ impl Registry {
         location(&reply)
     }
 
-    /// Sends a whole blob to an upload session in one streamed `PUT …?digest=`.
+    /// Sends a blob to an upload session: up to [`CHUNK_BYTES`] in one streamed
+    /// `PUT …?digest=`, larger ones as streamed `PATCH` chunks of that size (so no
+    /// single request is larger than a proxy in front of the registry may allow) and an
+    /// empty closing `PUT`. Nothing is held in memory beyond the chunk in flight.
     pub async fn finish_upload(
         &self,
         repo: &str,
@@ -503,23 +555,57 @@ impl Registry {
         digest: &Digest,
         blob: BlobStream,
     ) -> Result<(), ClientError> {
+        let scopes = [push_scope(repo)];
+        let len = blob.len;
+        let source = blob
+            .stream
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .boxed();
+        let (mut location, last) = if len <= CHUNK_BYTES {
+            (location.to_string(), Some(source))
+        } else {
+            let shared = Arc::new(tokio::sync::Mutex::new(Split {
+                stream: source,
+                leftover: None,
+            }));
+            let mut location = location.to_string();
+            let mut offset = 0u64;
+            while offset < len {
+                let n = CHUNK_BYTES.min(len - offset);
+                let mut c = call(Method::PATCH, &location);
+                c.headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                c.headers.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("{offset}-{}", offset + n - 1)).expect("digits"),
+                );
+                c.body = Outgoing::Stream {
+                    stream: take(shared.clone(), n),
+                    len: n,
+                };
+                let reply = self.send(c, &scopes).await?;
+                if reply.status != StatusCode::ACCEPTED {
+                    return Err(reply.into_error().await);
+                }
+                location = self::location(&reply)?;
+                offset += n;
+            }
+            (location, None)
+        };
         let separator = if location.contains('?') { '&' } else { '?' };
-        let mut c = call(
-            Method::PUT,
-            &format!("{location}{separator}digest={digest}"),
-        );
+        location = format!("{location}{separator}digest={digest}");
+        let mut c = call(Method::PUT, &location);
         c.headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
-        c.body = Outgoing::Stream {
-            stream: blob
-                .stream
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .boxed(),
-            len: blob.len,
+        c.body = match last {
+            Some(stream) => Outgoing::Stream { stream, len },
+            None => Outgoing::Empty,
         };
-        let reply = self.send(c, &[push_scope(repo)]).await?;
+        let reply = self.send(c, &scopes).await?;
         if reply.status != StatusCode::CREATED {
             return Err(reply.into_error().await);
         }

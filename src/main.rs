@@ -193,6 +193,17 @@ struct RegistryArgs {
     /// 429 TOOMANYREQUESTS and Retry-After. Default: 16 per thread.
     #[arg(long, env = "BERTH_PASSWORD_CHECK_QUEUE")]
     password_check_queue: Option<usize>,
+
+    /// This process's name among replicas sharing the storage: each writes its pull
+    /// counts to its own objects, and readers sum them. Default: the host name (the
+    /// Pod name in a cluster), else `standalone`.
+    #[arg(long, env = "BERTH_REPLICA_ID")]
+    replica_id: Option<String>,
+
+    /// How often pull counts gathered in memory are written to storage: at most this
+    /// much counting is lost in a crash.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "BERTH_PULL_COUNT_FLUSH")]
+    pull_count_flush: std::time::Duration,
 }
 
 impl RegistryArgs {
@@ -327,8 +338,13 @@ async fn serve_registry(
             metrics.uploads_expired.clone(),
         ));
     }
+    tokio::spawn(berth::storage::flush_pull_counts_periodically(
+        store.clone(),
+        args.pull_count_flush
+            .max(std::time::Duration::from_millis(100)),
+    ));
     let state = RegistryState {
-        store,
+        store: store.clone(),
         metrics,
         policy,
         events,
@@ -338,6 +354,10 @@ async fn serve_registry(
     tracing::info!(%addr, "berth registry listening");
     println!("berth listening on http://{addr} (storage: {location})");
     berth::server::serve(listener, berth::server::app(state)).await?;
+    // Counts gathered since the last flush survive a graceful stop.
+    if let Err(e) = store.flush_pull_counts().await {
+        tracing::warn!(error = %e, "writing pull counts at shutdown failed");
+    }
     Ok(())
 }
 
@@ -361,6 +381,12 @@ fn open_store(args: &RegistryArgs) -> anyhow::Result<Storage> {
         .with_context(|| format!("opening storage {location}"))?
         .with_upload_buffer(args.max_upload_buffer)
         .context("--max-upload-buffer")?;
+    let replica = args
+        .replica_id
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "standalone".into());
+    let store = store.with_replica(&replica);
     Ok(Storage { store, location })
 }
 

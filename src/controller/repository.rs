@@ -121,6 +121,7 @@ async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Action, E
         }
         (Ok(full), None) => {
             let usage = ctx.store.repository_usage(&full).await?;
+            let pulls = ctx.store.pull_counts(&full).await?;
             RepositoryStatus {
                 observed_generation: generation,
                 conditions: status::ready_conditions(
@@ -132,7 +133,7 @@ async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Action, E
                 ),
                 tags: usage.tags as i64,
                 size_bytes: usage.bytes as i64,
-                pull_count: repo.status.as_ref().map_or(0, |s| s.pull_count),
+                pull_count: i64::try_from(pulls.total()).unwrap_or(i64::MAX),
                 last_push: usage
                     .last_push
                     .and_then(|secs| Timestamp::from_second(secs).ok())

@@ -8,6 +8,7 @@
 //! repositories/<repo>/referrers/<alg>/<hex>/<alg>-<hex> descriptor of a manifest whose subject is <alg>:<hex>
 //! uploads/<id>/state                                   upload session (JSON UploadState)
 //! uploads/<id>/parts/<offset>                          the bytes of one PATCH/PUT, starting at <offset>
+//! pulls/<repo>/<replica>                               pull counts per manifest digest, written by one replica only (JSON PullCounts)
 //! ```
 //!
 //! `<repo>` is the repository name with `/` written as `+` (a character names cannot
@@ -43,6 +44,10 @@ pub enum Key<'a> {
     UploadParts(&'a str),
     Upload(&'a str),
     Uploads,
+    /// One replica's pull counts of a repository.
+    PullCounts(&'a RepositoryName, &'a str),
+    /// Every replica's pull counts of a repository.
+    PullCountsAll(&'a RepositoryName),
 }
 
 fn repo_dir(repo: &RepositoryName) -> String {
@@ -85,6 +90,10 @@ impl Key<'_> {
             Key::UploadParts(id) => format!("uploads/{id}/parts"),
             Key::Upload(id) => format!("uploads/{id}"),
             Key::Uploads => "uploads".to_string(),
+            Key::PullCounts(r, replica) => {
+                format!("pulls/{}/{replica}", r.as_str().replace('/', "+"))
+            }
+            Key::PullCountsAll(r) => format!("pulls/{}", r.as_str().replace('/', "+")),
         };
         Path::from(s)
     }
@@ -130,6 +139,10 @@ mod tests {
                     s.hex(),
                     d.hex()
                 ),
+            ),
+            (
+                Key::PullCounts(&repo, "berth-0"),
+                "pulls/team-a+app/berth-0".into(),
             ),
             (
                 Key::UploadPart("u1", 42),

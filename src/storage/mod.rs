@@ -21,10 +21,12 @@ mod local_write;
 mod manifests;
 mod parts;
 mod pipeline;
+pub mod pull_counts;
 mod read;
 mod repositories;
 mod tag_times;
 mod upload_expiry;
+pub use pull_counts::{PullCounts, flush_pull_counts_periodically};
 pub use upload_expiry::expire_uploads_periodically;
 mod uploads;
 
@@ -71,6 +73,8 @@ pub struct Store {
     manifests: ManifestCache,
     /// Memory upload bodies may hold, shared by every clone of this store.
     upload_budget: UploadBudget,
+    /// Pull counts not yet written (see `pull_counts.rs`).
+    pulls: Arc<pull_counts::PullCounter>,
 }
 
 impl Store {
@@ -84,7 +88,15 @@ impl Store {
             manifests: ManifestCache::default(),
             upload_budget: UploadBudget::new(DEFAULT_UPLOAD_BUFFER, REMOTE_WORKING_SET)
                 .expect("the default budget holds an upload"),
+            pulls: Arc::new(pull_counts::PullCounter::new("standalone")),
         }
+    }
+
+    /// Names this process's pull-count objects: one name per replica sharing the
+    /// storage, so each writes only its own (see `pull_counts.rs`).
+    pub fn with_replica(mut self, replica: &str) -> Self {
+        self.pulls = Arc::new(pull_counts::PullCounter::new(replica));
+        self
     }
 
     /// Caps the memory that in-flight upload bodies hold at `bytes` (see `budget.rs`);

@@ -329,6 +329,7 @@ async fn serve_registry(
     policy: Policy,
     events: PushEvents,
     auth: Auth,
+    cluster: Option<kube::Client>,
 ) -> anyhow::Result<()> {
     let Storage { store, location } = storage;
     if !args.upload_expiry.is_zero() {
@@ -353,7 +354,8 @@ async fn serve_registry(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "berth registry listening");
     println!("berth listening on http://{addr} (storage: {location})");
-    berth::server::serve(listener, berth::server::app(state)).await?;
+    let app = berth::server::app_with_cluster(state, cluster);
+    berth::server::serve(listener, app).await?;
     // Counts gathered since the last flush survive a graceful stop.
     if let Err(e) = store.flush_pull_counts().await {
         tracing::warn!(error = %e, "writing pull counts at shutdown failed");
@@ -466,6 +468,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         policy,
         events,
         auth,
+        None,
     )
     .await
 }
@@ -528,12 +531,15 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         key,
         args.registry.auth_settings(),
         Some(ServiceAccountReviewer::new(
-            Arc::new(controller::token_review::ApiTokenReviews::new(client)),
+            Arc::new(controller::token_review::ApiTokenReviews::new(
+                client.clone(),
+            )),
             args.service_account_audience.clone(),
         )),
         metrics.password_checks.clone(),
     );
     tokio::spawn(controller::run_operator(ctx, election));
+    let cluster = client;
     serve_registry(
         &args.registry,
         listener,
@@ -542,6 +548,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         policy,
         events,
         auth,
+        Some(cluster),
     )
     .await
 }

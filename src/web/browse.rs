@@ -380,10 +380,11 @@ pub async fn repository(
     let snapshot = state.policy.current();
     let repo = readable(&snapshot, identity, name)?;
     let mut times = state.store.tag_times(&repo).await?;
-    if times.is_empty() && !state.store.repository_exists(&repo).await? {
-        if snapshot.repository(&repo).is_none() {
-            return Err(ApiError::not_found(format!("repository {repo}")));
-        }
+    if times.is_empty()
+        && !state.store.repository_exists(&repo).await?
+        && snapshot.repository(&repo).is_none()
+    {
+        return Err(ApiError::not_found(format!("repository {repo}")));
     }
     times.retain(|(t, _)| paging.matches(t));
     match paging.sort.as_deref().unwrap_or("pushed") {

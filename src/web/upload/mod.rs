@@ -484,10 +484,11 @@ async fn read_entries<R: AsyncRead + Unpin>(
             contents.json.insert(digest.clone(), copy);
         }
         contents.paths.insert(entry.path, digest.clone());
-        if contents.blobs.contains_key(&digest) {
-            pusher.cancel(&staged.session).await;
-        } else {
-            contents.blobs.insert(digest, staged);
+        match contents.blobs.entry(digest) {
+            std::collections::hash_map::Entry::Occupied(_) => pusher.cancel(&staged.session).await,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(staged);
+            }
         }
     }
 }

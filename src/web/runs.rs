@@ -71,7 +71,12 @@ impl Cluster {
                 .status
                 .as_ref()
                 .and_then(|s| s.container_statuses.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.image_id.ends_with(digest)));
+                .is_some_and(|cs| {
+                    // The digest the node resolved, or an image pinned by that digest.
+                    cs.iter().any(|c| {
+                        c.image_id.ends_with(digest) || c.image.ends_with(&format!("@{digest}"))
+                    })
+                });
             if !runs_it {
                 continue;
             }

@@ -69,7 +69,8 @@ async fn a_private_namespace_is_invisible_to_those_who_may_not_read_it() {
             .collect()
     };
     let (_, anonymous) = api(&registry, Method::GET, "/api/namespaces", None, None).await;
-    assert_eq!(names(&anonymous), ["pub"]);
+    // `library` is berth's default public namespace.
+    assert_eq!(names(&anonymous), ["library", "pub"]);
     let (_, olga) = api(
         &registry,
         Method::GET,
@@ -78,7 +79,7 @@ async fn a_private_namespace_is_invisible_to_those_who_may_not_read_it() {
         None,
     )
     .await;
-    assert_eq!(names(&olga), ["pub"]);
+    assert_eq!(names(&olga), ["library", "pub"]);
     let (_, rita) = api(
         &registry,
         Method::GET,
@@ -87,7 +88,7 @@ async fn a_private_namespace_is_invisible_to_those_who_may_not_read_it() {
         None,
     )
     .await;
-    assert_eq!(names(&rita), ["pub", "team"]);
+    assert_eq!(names(&rita), ["library", "pub", "team"]);
     for who in [None, Some(auth("olga"))] {
         let (status, body) = api(
             &registry,

@@ -45,9 +45,14 @@ async fn manifest(registry: &Registry, repo: &str, tag: &str) -> (u16, Value) {
     (reply.status.as_u16(), reply.json())
 }
 
+/// Upload sessions still open: a session is its state record (a removed one may leave
+/// an empty folder behind on a filesystem).
 fn uploads_left(data_dir: &Path) -> usize {
     std::fs::read_dir(data_dir.join("uploads"))
-        .map(|d| d.count())
+        .map(|d| {
+            d.filter(|e| e.as_ref().is_ok_and(|e| e.path().join("state").exists()))
+                .count()
+        })
         .unwrap_or(0)
 }
 

@@ -63,7 +63,7 @@ function crumbs(...parts) {
   nav.replaceChildren(...parts.flatMap((p, i) => (i ? [" / ", p] : [p])));
 }
 
-function show(...nodes) { main().replaceChildren(...nodes); }
+function show(...nodes) { main().replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined)); }
 
 function failure(e) {
   show(el("p", { class: "error", id: "error" }, e.message),

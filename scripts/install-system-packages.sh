@@ -21,6 +21,10 @@ PACKAGES=(
   crun runc uidmap fuse-overlayfs conmon golang-github-containers-common
   # networking tools for test hosts / namespaces
   iproute2
+  # the web UI's browser tests (headless, driven with --dump-dom and --screenshot)
+  chromium
+  # the web UI's upload tests: docker save (dockerd is started by the test itself)
+  docker.io
   # the Go module proxy and HTTPS in general; flock for locking; curl for probes
   ca-certificates util-linux curl openssl
 )

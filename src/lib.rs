@@ -1,8 +1,8 @@
 //! berth: a container registry that runs in Kubernetes as an operator, configured by
 //! custom resources, and standalone from a folder of the same resources.
 //!
-//! Data flows one way: HTTP ([`registry`]) → storage ([`storage`]). Neither depends on
-//! Kubernetes.
+//! Data flows one way: HTTP ([`registry`], and the UI's API in [`web`]) → storage
+//! ([`storage`]). Neither registry nor storage depends on Kubernetes.
 
 pub mod aging;
 pub mod api;
@@ -18,3 +18,4 @@ pub mod schedule;
 pub mod server;
 pub mod storage;
 pub mod sync;
+pub mod web;

@@ -211,6 +211,17 @@ struct RegistryArgs {
     /// collected once they were last pushed this long ago.
     #[arg(long, default_value = "24h", value_parser = parse_duration, env = "BERTH_GC_UNTAGGED_DELAY")]
     gc_untagged_delay: std::time::Duration,
+
+    /// This process's name among replicas sharing the storage: each writes its pull
+    /// counts to its own objects, and readers sum them. Default: the host name (the
+    /// Pod name in a cluster), else `standalone`.
+    #[arg(long, env = "BERTH_REPLICA_ID")]
+    replica_id: Option<String>,
+
+    /// How often pull counts gathered in memory are written to storage: at most this
+    /// much counting is lost in a crash.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "BERTH_PULL_COUNT_FLUSH")]
+    pull_count_flush: std::time::Duration,
 }
 
 impl RegistryArgs {
@@ -351,6 +362,7 @@ async fn serve_registry(
     state: RegistryState,
     location: &StorageLocation,
     gc: Arc<Collector>,
+    cluster: Option<kube::Client>,
 ) -> anyhow::Result<()> {
     tokio::spawn(gc.clone().run_on_schedule());
     let gc_routes = berth::gc::router(gc, state.auth.clone(), state.policy.clone());
@@ -361,10 +373,21 @@ async fn serve_registry(
             state.metrics.uploads_expired.clone(),
         ));
     }
+    tokio::spawn(berth::storage::flush_pull_counts_periodically(
+        state.store.clone(),
+        args.pull_count_flush
+            .max(std::time::Duration::from_millis(100)),
+    ));
+    let store = state.store.clone();
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "berth registry listening");
     println!("berth listening on http://{addr} (storage: {location})");
-    berth::server::serve(listener, berth::server::app(state).merge(gc_routes)).await?;
+    let app = berth::server::app_with_cluster(state, cluster).merge(gc_routes);
+    berth::server::serve(listener, app).await?;
+    // Counts gathered since the last flush survive a graceful stop.
+    if let Err(e) = store.flush_pull_counts().await {
+        tracing::warn!(error = %e, "writing pull counts at shutdown failed");
+    }
     Ok(())
 }
 
@@ -397,6 +420,12 @@ fn open_store(args: &RegistryArgs) -> anyhow::Result<Storage> {
         .with_context(|| format!("opening storage {location}"))?
         .with_upload_buffer(args.max_upload_buffer)
         .context("--max-upload-buffer")?;
+    let replica = args
+        .replica_id
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "standalone".into());
+    let store = store.with_replica(&replica);
     Ok(Storage { store, location })
 }
 
@@ -494,7 +523,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             storage.store.clone(),
         ));
     }
-    serve_registry(&args.registry, listener, state, &storage.location, gc).await
+    serve_registry(&args.registry, listener, state, &storage.location, gc, None).await
 }
 
 async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
@@ -579,7 +608,15 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         .with_events(&identity),
     );
     tokio::spawn(controller::run_operator(ctx, election));
-    serve_registry(&args.registry, listener, state, &storage.location, gc).await
+    serve_registry(
+        &args.registry,
+        listener,
+        state,
+        &storage.location,
+        gc,
+        Some(client),
+    )
+    .await
 }
 
 async fn login_command(args: LoginCommandArgs) -> anyhow::Result<()> {

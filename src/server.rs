@@ -17,8 +17,19 @@ use crate::metrics::{Metrics, RequestLabels, RouteLabels, method_label};
 use crate::registry::{self, RegistryState, RouteLabel};
 
 pub fn app(state: RegistryState) -> Router {
+    app_with_cluster(state, None)
+}
+
+/// The application, with the cluster berth runs in when it runs as an operator (the
+/// web UI shows where each tag runs).
+pub fn app_with_cluster(state: RegistryState, cluster: Option<kube::Client>) -> Router {
     let metrics = state.metrics.clone();
+    let web = crate::web::WebState {
+        registry: state.clone(),
+        cluster: cluster.map(|client| crate::web::runs::Cluster { client }),
+    };
     registry::router(state.clone())
+        .merge(crate::web::router(web))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz).with_state(state.clone()))
         .route("/metrics", get(serve_metrics).with_state(metrics.clone()))
@@ -63,6 +74,8 @@ async fn record(State(metrics): State<Arc<Metrics>>, request: Request, next: Nex
         "/healthz" => Some("healthz"),
         "/readyz" => Some("readyz"),
         "/metrics" => Some("metrics"),
+        p if p.starts_with("/api/") => Some("api"),
+        p if p == "/ui" || p.starts_with("/ui/") => Some("ui"),
         _ => None,
     };
     let response = next.run(request).await;

@@ -73,6 +73,11 @@ pub fn repository_policy(repo: &Repository) -> RepositoryPolicy {
                 until: s.until.as_ref().map(|t| t.0),
             })
             .collect(),
+        about: crate::policy::About {
+            description: repo.spec.description.clone(),
+            category: repo.spec.category.clone(),
+            labels: repo.spec.labels.clone(),
+        },
     }
 }
 

@@ -85,21 +85,21 @@ async fn reconcile(repo: Arc<Repository>, ctx: Arc<Context>) -> Result<Action, E
         }
         (Ok(full), None) => {
             let usage = ctx.store.repository_usage(&full).await?;
+            let pulls = ctx.store.pull_counts(&full).await?;
             let health = Health::ready("Reconciled", format!("repository {full} is in effect"));
-            (health, Some(usage))
+            (health, Some((usage, pulls.total())))
         }
     };
     let status = RepositoryStatus {
         observed_generation: generation,
         conditions: health.conditions(previous, generation),
-        tags: usage.as_ref().map_or(0, |u| u.tags as i64),
-        size_bytes: usage.as_ref().map_or(0, |u| u.bytes as i64),
-        pull_count: match usage {
-            Some(_) => repo.status.as_ref().map_or(0, |s| s.pull_count),
-            None => 0,
-        },
+        tags: usage.as_ref().map_or(0, |(u, _)| u.tags as i64),
+        size_bytes: usage.as_ref().map_or(0, |(u, _)| u.bytes as i64),
+        pull_count: usage
+            .as_ref()
+            .map_or(0, |(_, pulls)| i64::try_from(*pulls).unwrap_or(i64::MAX)),
         last_push: usage
-            .and_then(|u| u.last_push)
+            .and_then(|(u, _)| u.last_push)
             .and_then(|secs| Timestamp::from_second(secs).ok())
             .map(Time),
     };

@@ -212,6 +212,28 @@ impl Snapshot {
         })
     }
 
+    /// Whether `caller` may read the namespace `name` as a whole (pull any repository
+    /// of it that declares no visibility of its own): what makes a namespace show in
+    /// the web UI even before it holds a repository the caller may pull.
+    pub fn may_read_namespace(&self, caller: &Caller, name: &str) -> bool {
+        if self.open {
+            return true;
+        }
+        let Some(namespace) = self.namespace(name) else {
+            return false;
+        };
+        match caller {
+            Caller::User { admin: true, .. } | Caller::PullOnly { admin: true, .. } => true,
+            Caller::Anonymous => namespace.visibility == Visibility::Public,
+            Caller::User { name: user, .. } | Caller::PullOnly { name: user, .. } => {
+                matches!(
+                    namespace.visibility,
+                    Visibility::Public | Visibility::Internal
+                ) || member_permission(&namespace.members, user).is_some()
+            }
+        }
+    }
+
     /// The actions of `wanted` that `caller` may perform on `repo`: what a token for it grants.
     pub fn allowed_actions(
         &self,
@@ -262,6 +284,7 @@ mod tests {
             members: vec![member("dora", Permission::Manage)],
             immutable_tags: vec![],
             quota: None,
+            about: Default::default(),
             sharing: vec![
                 Share {
                     user: "erin".into(),
@@ -334,6 +357,26 @@ mod tests {
         assert!(!may(&Caller::user("erin"), "team-a/web", Action::Push));
         assert!(!may(&Caller::user("erin"), "team-a/app", Action::Pull));
         assert!(!may(&Caller::user("frank"), "team-a/web", Action::Pull));
+    }
+
+    #[test]
+    fn a_namespace_is_readable_exactly_when_its_undeclared_repositories_are() {
+        let snapshot = snapshot();
+        for caller in [
+            Caller::Anonymous,
+            Caller::user("rita"),
+            Caller::user("anyone"),
+            Caller::user("dora"),
+        ] {
+            for ns in ["team-a", "shared", "nowhere"] {
+                let probe = repo(&format!("{ns}/undeclared"));
+                assert_eq!(
+                    snapshot.may_read_namespace(&caller, ns),
+                    snapshot.may(&caller, &probe, Action::Pull, now()).is_ok(),
+                    "{caller:?} on {ns}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -59,6 +59,16 @@ pub struct RepositoryPolicy {
     pub immutable_tags: Vec<String>,
     pub quota: Option<Quota>,
     pub sharing: Vec<Share>,
+    /// What the web UI shows about it; grants nothing.
+    pub about: About,
+}
+
+/// A repository's description (markdown), category and labels, as declared.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct About {
+    pub description: Option<String>,
+    pub category: Option<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl RepositoryPolicy {
@@ -72,6 +82,7 @@ impl RepositoryPolicy {
             immutable_tags: Vec::new(),
             quota: None,
             sharing: Vec::new(),
+            about: About::default(),
         }
     }
 }
@@ -338,6 +349,7 @@ mod tests {
             immutable_tags: vec![],
             quota: None,
             sharing: vec![],
+            about: About::default(),
         };
         let snapshot = Snapshot::managed(
             [("team-a".to_string(), strict)],

@@ -129,6 +129,22 @@ pub async fn admit(state: &RegistryState, route: &Route, req: &Request) -> Resul
             ));
         }
     };
+    authorize_route(state, route, req, &identity)?;
+    Ok(identity)
+}
+
+/// Whether the authenticated `identity` may make `req` on `route`: the registry's own
+/// decision, also asked by the web API before it runs a registry operation.
+pub fn authorize_route(
+    state: &RegistryState,
+    route: &Route,
+    req: &Request,
+    identity: &Identity,
+) -> Result<()> {
+    let snapshot = state.policy.current();
+    if snapshot.open {
+        return Ok(());
+    }
     match need(route, &req.method) {
         Need::SignedIn => {
             if !identity.presented {
@@ -162,7 +178,7 @@ pub async fn admit(state: &RegistryState, route: &Route, req: &Request) -> Resul
             authorize(
                 state,
                 &snapshot,
-                &identity,
+                identity,
                 repo,
                 action,
                 &scope,
@@ -170,7 +186,7 @@ pub async fn admit(state: &RegistryState, route: &Route, req: &Request) -> Resul
             )?;
         }
     }
-    Ok(identity)
+    Ok(())
 }
 
 fn authorize(

@@ -39,6 +39,8 @@ pub async fn get(
             .await?
             .ok_or_else(|| unknown(name, reference))?;
         let size = found.bytes.len() as u64;
+        // A GET is a pull (a HEAD only asks); counted in memory, flushed later.
+        state.store.count_pull(name, &found.digest);
         (found.digest, found.media_type, size, found.bytes)
     };
     let mut response = (StatusCode::OK, body).into_response();

@@ -8,7 +8,7 @@ mod catalog;
 pub mod content_range;
 pub mod error;
 pub mod events;
-mod limits;
+pub(crate) mod limits;
 mod manifests;
 mod pagination;
 mod referrers;
@@ -193,6 +193,28 @@ async fn handle(
             return Err(refusal);
         }
     };
+    handle_admitted(state, route, req, body).await
+}
+
+/// Runs a registry operation for a caller authenticated elsewhere (`req.identity`, e.g.
+/// by the web API): the same authorization, quota, immutability and tag-lock checks,
+/// and the same handler, as the request would meet on `/v2/`.
+pub(crate) async fn perform(
+    state: &RegistryState,
+    route: Route,
+    req: Request,
+    body: Body,
+) -> Result<Response> {
+    access::authorize_route(state, &route, &req, &req.identity)?;
+    handle_admitted(state, route, req, body).await
+}
+
+async fn handle_admitted(
+    state: &RegistryState,
+    route: Route,
+    mut req: Request,
+    body: Body,
+) -> Result<Response> {
     if let Route::Uploads(_) = &route
         && req.query("mount").is_some()
         && !state.policy.current().open

@@ -9,6 +9,7 @@
 //! uploads/<id>/state                                   upload session (JSON UploadState)
 //! uploads/<id>/parts/<offset>                          the bytes of one PATCH/PUT, starting at <offset>
 //! sync/<rule>/since                                    when a SyncRule was first seen (standalone)
+//! pulls/<repo>/<replica>                               pull counts per manifest digest, written by one replica only (JSON PullCounts)
 //! ```
 //!
 //! `<repo>` is the repository name with `/` written as `+` (a character names cannot
@@ -45,6 +46,10 @@ pub enum Key<'a> {
     Upload(&'a str),
     Uploads,
     SyncSince(&'a str),
+    /// One replica's pull counts of a repository.
+    PullCounts(&'a RepositoryName, &'a str),
+    /// Every replica's pull counts of a repository.
+    PullCountsAll(&'a RepositoryName),
 }
 
 fn repo_dir(repo: &RepositoryName) -> String {
@@ -88,6 +93,10 @@ impl Key<'_> {
             Key::Upload(id) => format!("uploads/{id}"),
             Key::Uploads => "uploads".to_string(),
             Key::SyncSince(rule) => format!("sync/{rule}/since"),
+            Key::PullCounts(r, replica) => {
+                format!("pulls/{}/{replica}", r.as_str().replace('/', "+"))
+            }
+            Key::PullCountsAll(r) => format!("pulls/{}", r.as_str().replace('/', "+")),
         };
         Path::from(s)
     }
@@ -133,6 +142,10 @@ mod tests {
                     s.hex(),
                     d.hex()
                 ),
+            ),
+            (
+                Key::PullCounts(&repo, "berth-0"),
+                "pulls/team-a+app/berth-0".into(),
             ),
             (
                 Key::UploadPart("u1", 42),

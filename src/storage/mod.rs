@@ -22,12 +22,14 @@ mod local_write;
 mod manifests;
 mod parts;
 mod pipeline;
+pub mod pull_counts;
 mod read;
 mod repositories;
 mod sweep_gate;
 mod sync_state;
 mod tag_times;
 mod upload_expiry;
+pub use pull_counts::{PullCounts, flush_pull_counts_periodically};
 pub use upload_expiry::expire_uploads_periodically;
 mod uploads;
 
@@ -78,6 +80,8 @@ pub struct Store {
     upload_budget: UploadBudget,
     /// Keeps garbage collection off what pushes are linking (see `sweep_gate.rs`).
     sweeps: SweepGate,
+    /// Pull counts not yet written (see `pull_counts.rs`).
+    pulls: Arc<pull_counts::PullCounter>,
 }
 
 impl Store {
@@ -92,7 +96,15 @@ impl Store {
             upload_budget: UploadBudget::new(DEFAULT_UPLOAD_BUFFER, REMOTE_WORKING_SET)
                 .expect("the default budget holds an upload"),
             sweeps: SweepGate::default(),
+            pulls: Arc::new(pull_counts::PullCounter::new("standalone")),
         }
+    }
+
+    /// Names this process's pull-count objects: one name per replica sharing the
+    /// storage, so each writes only its own (see `pull_counts.rs`).
+    pub fn with_replica(mut self, replica: &str) -> Self {
+        self.pulls = Arc::new(pull_counts::PullCounter::new(replica));
+        self
     }
 
     /// Caps the memory that in-flight upload bodies hold at `bytes` (see `budget.rs`);

@@ -87,6 +87,7 @@ impl Store {
             Key::ReferrersAll(repo).path(),
             Key::ManifestLinks(repo).path(),
             Key::Repository(repo).path(),
+            Key::PullCountsAll(repo).path(),
         ] {
             let keys: Vec<Path> = self
                 .objects

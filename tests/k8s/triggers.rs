@@ -899,3 +899,74 @@ async fn standalone_serve_without_a_kubeconfig_says_its_triggers_have_no_cluster
         "{log}"
     );
 }
+
+/// The web UI's tag page answers "where does this run": the Deployment whose Pods run
+/// the pushed digest (kwok's Pods, pinned by digest), and the Trigger that rolled it
+/// out, with its history entry.
+#[tokio::test]
+async fn the_tag_page_lists_the_workloads_running_a_digest_and_the_trigger_that_rolled_it_out() {
+    let Some(cluster) = TestCluster::start("ui-runs").await else {
+        return;
+    };
+    let Some(skopeo) = require_tool("skopeo") else {
+        return;
+    };
+    let operator = operator(&cluster, &[]);
+    let team = registry_namespace(&cluster).await;
+    let repo = format!("{team}/app");
+    deployment(
+        &cluster,
+        "app",
+        &format!("{}/{repo}:v0", operator.addr),
+        json!({"replicas": 2}),
+    )
+    .await;
+    trigger(
+        &cluster,
+        "app",
+        json!({"repository": repo, "target": {"name": "app"}}),
+        "Watching",
+    )
+    .await;
+    let digest = skopeo_push(&skopeo, &operator.addr, &repo, "v1", "v1");
+    wait_result(&cluster, "app", "v1", "Succeeded").await;
+
+    let url = format!("http://{}/api/repositories/{repo}/-/tags/v1", operator.addr);
+    let client = reqwest::Client::new();
+    let runs = wait_for(
+        "the tag page to list both Pods",
+        Duration::from_secs(60),
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let page: Value = client
+                    .get(&url)
+                    .header("authorization", crate::operator::admin_basic_auth())
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .json()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let runs = page["runs"].clone();
+                let pods = runs["workloads"][0]["pods"].as_array().map_or(0, Vec::len);
+                (pods == 2)
+                    .then_some(runs.clone())
+                    .ok_or_else(|| page.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(runs["workloads"].as_array().unwrap().len(), 1, "{runs}");
+    let workload = &runs["workloads"][0];
+    assert_eq!(workload["kind"], "Deployment", "{runs}");
+    assert_eq!(workload["name"], "app");
+    assert_eq!(workload["namespace"], cluster.namespace());
+    let rolled = &runs["triggers"][0];
+    assert_eq!(rolled["name"], "app", "{runs}");
+    assert_eq!(rolled["history"][0]["digest"], digest.as_str());
+    assert_eq!(rolled["history"][0]["result"], "Succeeded");
+    // An anonymous visitor sees nothing of a private namespace, this page included.
+    let anonymous = client.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 404);
+}

@@ -185,6 +185,16 @@ async fn reconcile(rule: Arc<SyncRule>, sctx: Arc<SyncContext>) -> Result<Action
     let generation = rule.metadata.generation;
     let state = ctx.sync.state(&name).unwrap_or_default();
     let health = match &outcome {
+        // What another resource applied later provides (GitOps applies in any order)
+        // is waited for; anything else needs the rule itself changed.
+        Err(r)
+            if matches!(
+                r.reason,
+                "NamespaceNotFound" | "SecretNotFound" | "CABundleNotFound"
+            ) =>
+        {
+            status::Health::waiting(r.reason, r.message.clone())
+        }
         Err(r) => status::Health::stalled(r.reason, r.message.clone()),
         Ok(()) => match &state.health {
             Health::Ok => status::Health::ready("Synced", synced_message(&rule, &state)),

@@ -20,12 +20,14 @@ impl Store {
     pub async fn expire_uploads(&self, max_age: Duration) -> Result<usize> {
         let cutoff = now_secs().saturating_sub(max_age.as_secs() as i64);
         let mut expired = 0;
-        for (id, written) in self.upload_sessions(None).await? {
-            if written > cutoff || self.uploads.is_busy(&id) {
+        for (id, seen) in self.upload_sessions(None).await? {
+            if seen.written > cutoff || self.uploads.is_busy(&id) {
                 continue;
             }
-            if written == NO_FILES {
-                // Empty folders that finished uploads of older versions left: no session.
+            if seen.empty {
+                // An empty folder older than the expiry (a fresh one may be a session
+                // whose first file is being written): finished uploads of older
+                // versions left these. No session, so not counted.
                 self.discard_upload(&id).await?;
                 continue;
             }
@@ -35,7 +37,7 @@ impl Store {
                 .upload_sessions(Some(&id))
                 .await?
                 .get(&id)
-                .is_some_and(|written| *written <= cutoff);
+                .is_some_and(|seen| seen.written <= cutoff);
             if still_idle {
                 self.discard_upload(&id).await?;
                 if let Some(local) = &self.local {
@@ -53,7 +55,7 @@ impl Store {
     /// The upload sessions (or only session `only`), each with the time of its newest
     /// object in seconds since the epoch: a chunk appended yesterday keeps a week-old
     /// session alive.
-    async fn upload_sessions(&self, only: Option<&str>) -> Result<HashMap<String, i64>> {
+    async fn upload_sessions(&self, only: Option<&str>) -> Result<HashMap<String, Seen>> {
         let all = Key::Uploads.path();
         if let Some(local) = &self.local {
             // On disk, also the staging files of writes a crash interrupted, which
@@ -76,7 +78,7 @@ impl Store {
             .try_collect()
             .await
             .map_err(|e| StorageError::backend("list", prefix, e))?;
-        let mut newest: HashMap<String, i64> = HashMap::new();
+        let mut newest: HashMap<String, Seen> = HashMap::new();
         for object in objects {
             // uploads/<id>/state, uploads/<id>/parts/<offset>
             let Some(id) = object.location.parts().nth(1) else {
@@ -85,30 +87,52 @@ impl Store {
             let written = object.last_modified.timestamp();
             newest
                 .entry(id.as_ref().to_string())
-                .and_modify(|t| *t = (*t).max(written))
-                .or_insert(written);
+                .and_modify(|t| t.written = t.written.max(written))
+                .or_insert(Seen {
+                    written,
+                    empty: false,
+                });
         }
         Ok(newest)
     }
 }
 
-/// What [`newest_files`] reports for a folder without any file.
-const NO_FILES: i64 = 0;
+/// A session as found in storage.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// When its newest object was written (seconds since the epoch); for a folder
+    /// without any file, when the folder was.
+    written: i64,
+    /// A folder without any file (only on a local directory).
+    empty: bool,
+}
 
-/// For each session folder in `uploads` (or only `only`), the newest modification time
-/// of a file in it ([`NO_FILES`] when it holds none).
-fn newest_files(uploads: &Path, only: Option<&str>) -> std::io::Result<HashMap<String, i64>> {
-    fn newest_under(path: &Path) -> std::io::Result<i64> {
+/// For each session folder in `uploads` (or only `only`), when it was last written.
+fn newest_files(uploads: &Path, only: Option<&str>) -> std::io::Result<HashMap<String, Seen>> {
+    /// The newest file's time under `path`, `None` when it holds no file.
+    fn newest_under(path: &Path) -> std::io::Result<Option<i64>> {
         let meta = std::fs::symlink_metadata(path)?;
         if !meta.is_dir() {
-            return Ok(seconds(meta.modified()?));
+            return Ok(Some(seconds(meta.modified()?)));
         }
         // Folders do not count: removing a finished part touches them too.
-        let mut newest = NO_FILES;
+        let mut newest = None;
         for entry in std::fs::read_dir(path)? {
             newest = newest.max(newest_under(&entry?.path())?);
         }
         Ok(newest)
+    }
+    fn seen(path: &Path) -> std::io::Result<Seen> {
+        Ok(match newest_under(path)? {
+            Some(written) => Seen {
+                written,
+                empty: false,
+            },
+            None => Seen {
+                written: seconds(std::fs::metadata(path)?.modified()?),
+                empty: true,
+            },
+        })
     }
     let mut sessions = HashMap::new();
     let entries = match std::fs::read_dir(uploads) {
@@ -124,9 +148,9 @@ fn newest_files(uploads: &Path, only: Option<&str>) -> std::io::Result<HashMap<S
         if only.is_some_and(|only| only != id) {
             continue;
         }
-        match newest_under(&entry.path()) {
-            Ok(time) => {
-                sessions.insert(id, time);
+        match seen(&entry.path()) {
+            Ok(found) => {
+                sessions.insert(id, found);
             }
             // Deleted while we looked: a request finished it.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -11,7 +11,6 @@
 pub mod client;
 pub mod copy;
 pub mod credentials;
-pub mod cron;
 pub mod engine;
 pub mod metrics;
 pub mod rule;

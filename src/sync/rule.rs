@@ -5,9 +5,9 @@
 use jiff::Timestamp;
 
 use super::client::{Credentials, TlsOptions, is_fallback_tag};
-use super::cron::Schedule;
 use crate::api::{SyncDirection, TagFilter};
 use crate::policy::glob_matches;
+use crate::schedule::Schedule;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleConfig {

@@ -205,8 +205,10 @@ async fn kubectl_get_berth_lists_every_kind_with_its_printer_columns() {
         "DIRECTION",
         "NAMESPACE",
         "REMOTE",
+        "LAST RESULT",
         "LAST SUCCESS",
         "READY",
+        "REASON",
         "AGE",
     ];
     assert_eq!(header, columns);

@@ -122,8 +122,14 @@ mod local_disk {
             .unwrap();
         assert_eq!(entries(&data.join("uploads")), Vec::<String>::new());
 
-        // Folders an older version left behind are removed, and are no expired session.
+        // An empty folder may be a session whose first file is being written: kept
+        // while younger than the expiry...
         std::fs::create_dir_all(data.join("uploads/0b7e8c1e-old/parts")).unwrap();
+        let week = std::time::Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(store.expire_uploads(week).await.unwrap(), 0);
+        assert_eq!(entries(&data.join("uploads")), ["0b7e8c1e-old"]);
+        // ...and once older (as those an older version left behind), removed without
+        // counting as an expired session.
         assert_eq!(
             store
                 .expire_uploads(std::time::Duration::ZERO)

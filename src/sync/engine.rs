@@ -654,21 +654,22 @@ impl Worker {
 
     /// Records a conflict unless the same one is already on record (catch-ups would
     /// otherwise fill the records with it). Returns whether it was recorded.
+    /// Records a conflict unless the same one is recorded already; checked and
+    /// recorded under one lock, so a push event and a catch-up comparing the same tag
+    /// at once count it once.
     fn record_conflict(&self, record: TaskRecord) -> bool {
-        let known = self
-            .state
-            .lock()
-            .expect("rule state")
-            .records
-            .iter()
-            .any(|r| {
-                r.result == "Conflict"
-                    && r.repository == record.repository
-                    && r.tag == record.tag
-                    && r.digest == record.digest
-            });
+        let mut state = self.state.lock().expect("rule state");
+        let known = state.records.iter().any(|r| {
+            r.result == "Conflict"
+                && r.repository == record.repository
+                && r.tag == record.tag
+                && r.digest == record.digest
+        });
         if !known {
-            self.record(record);
+            state.records.push_front(record);
+            state.records.truncate(RECORDS_KEPT);
+            drop(state);
+            let _ = self.engine.changed.send(self.config.name.clone());
         }
         !known
     }

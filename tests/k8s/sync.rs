@@ -222,14 +222,16 @@ async fn an_unreachable_remote_or_a_missing_secret_is_a_precise_condition() {
             == Some(("False".into(), "RemoteUnreachable".into()))
     })
     .await;
-    wait_until("SecretNotFound, and Stalled", || async {
+    // A Secret may be applied after the rule (GitOps applies in any order), and the
+    // rule is reconciled when it appears: so it waits (Reconciling), it is not stalled.
+    wait_until("SecretNotFound, and Reconciling", || async {
         let status = rule_status(&cluster, &no_secret).await;
+        let conditions = status["conditions"].as_array().unwrap();
         reason(&status) == Some(("False".into(), "SecretNotFound".into()))
-            && status["conditions"]
-                .as_array()
-                .unwrap()
+            && conditions
                 .iter()
-                .any(|c| c["type"] == "Stalled" && c["status"] == "True")
+                .any(|c| c["type"] == "Reconciling" && c["status"] == "True")
+            && !conditions.iter().any(|c| c["type"] == "Stalled")
     })
     .await;
     // The remote comes up: the rule converges without anyone touching it.

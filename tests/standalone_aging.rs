@@ -78,6 +78,17 @@ async fn a_folder_aging_rule_runs_on_request_deletes_old_tags_and_frees_their_bl
     );
     let client = Client::new();
     let url = berth.url();
+    // Ready once the folder (and its users) is loaded: pushes before that are refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == StatusCode::OK)
+    {
+        assert!(Instant::now() < deadline, "berth never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let old_layer = push(&client, &url, "old", b"the old layer").await;
     push(&client, &url, "new", b"the new layer").await;
     let tag_file = |tag: &str| berth.data_dir.join("repositories/team+app/tags").join(tag);

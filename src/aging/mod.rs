@@ -16,9 +16,28 @@ use serde::Serialize;
 
 pub use plan::{AgingPolicy, Decision, KeepReason, TagState};
 
+use crate::api::AgingRuleSpec;
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
 use crate::policy::{Policy, glob_matches};
 use crate::storage::{StorageError, Store};
+
+/// Changing this annotation (to any new value) runs a rule at once, in a cluster and
+/// in the config folder alike.
+pub const RUN_NOW: &str = "berth.dev/run-now";
+
+/// The schedule of a rule that names none: daily at 03:00 UTC.
+pub const DEFAULT_SCHEDULE: &str = "0 3 * * *";
+
+impl AgingPolicy {
+    pub fn from_spec(spec: &AgingRuleSpec) -> Self {
+        AgingPolicy {
+            keep_days: spec.keep_days.map(|d| d.max(1) as u32),
+            keep_count: spec.keep_count.map(|n| n.max(1) as u32),
+            include: spec.tags.include.clone(),
+            exclude: spec.tags.exclude.clone(),
+        }
+    }
+}
 
 /// What running workloads use, as the cluster reports it.
 #[derive(Debug, Default, Clone)]
@@ -58,6 +77,13 @@ pub struct Scope {
 }
 
 impl Scope {
+    pub fn from_spec(spec: &AgingRuleSpec) -> Self {
+        Scope {
+            namespace: spec.namespace.clone(),
+            repositories: spec.repositories.clone(),
+        }
+    }
+
     pub fn covers(&self, repo: &RepositoryName) -> bool {
         let Some(path) = repo.as_str().strip_prefix(&format!("{}/", self.namespace)) else {
             return false;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::{AgingPolicy, InUse, Scope};
+use super::{AgingPolicy, DEFAULT_SCHEDULE, InUse, RUN_NOW, Scope};
 use crate::api::AgingRule;
 use crate::config::ConfigFolder;
 use crate::gc::Collector;
@@ -22,9 +22,6 @@ use crate::policy::Policy;
 use crate::schedule::Schedule;
 use crate::storage::Store;
 
-/// The annotation whose new value runs a rule at once (as in a cluster).
-const RUN_NOW: &str = "berth.dev/run-now";
-const DEFAULT_SCHEDULE: &str = "0 3 * * *";
 const POLL: Duration = Duration::from_secs(2);
 
 struct RuleState {
@@ -83,16 +80,8 @@ async fn run_rule(rule: &AgingRule, store: &Store, policy: &Policy, gc: &Collect
         tracing::warn!(rule = %name, namespace = %spec.namespace, "AgingRule not run: its berth Namespace does not exist");
         return;
     }
-    let aging_policy = AgingPolicy {
-        keep_days: spec.keep_days.map(|d| d.max(1) as u32),
-        keep_count: spec.keep_count.map(|n| n.max(1) as u32),
-        include: spec.tags.include.clone(),
-        exclude: spec.tags.exclude.clone(),
-    };
-    let scope = Scope {
-        namespace: spec.namespace.clone(),
-        repositories: spec.repositories.clone(),
-    };
+    let aging_policy = AgingPolicy::from_spec(spec);
+    let scope = Scope::from_spec(spec);
     let report = match super::run(
         store,
         policy,

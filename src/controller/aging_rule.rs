@@ -20,15 +20,9 @@ use kube::{Api, Client, ResourceExt};
 use super::status::Health;
 use super::trigger::{RegistryHosts, parse_image};
 use super::{Context, Error, on_error, status};
-use crate::aging::{self, AgingPolicy, AgingReport, InUse, Scope};
+use crate::aging::{self, AgingPolicy, AgingReport, DEFAULT_SCHEDULE, InUse, RUN_NOW, Scope};
 use crate::api::{AgingRule, AgingRuleStatus, DeletedTag, KeptTag};
 use crate::schedule::Schedule;
-
-/// Changing this annotation (to any new value) runs the rule at once.
-pub const RUN_NOW: &str = "berth.dev/run-now";
-
-/// The schedule of a rule that names none.
-const DEFAULT_SCHEDULE: &str = "0 3 * * *";
 
 /// Status lists are cut at this many entries; the counts stay exact.
 const LISTED: usize = 100;
@@ -69,33 +63,30 @@ async fn reconcile(rule: Arc<AgingRule>, ctx: Arc<Context>) -> Result<Action, Er
     next.observed_generation = generation;
 
     let schedule_text = rule.spec.schedule.as_deref().unwrap_or(DEFAULT_SCHEDULE);
-    let refusal = match Schedule::parse(schedule_text) {
-        Err(e) => Some(("InvalidSchedule", e.to_string())),
-        Ok(_)
+    let schedule = match Schedule::parse(schedule_text) {
+        Ok(schedule)
             if ctx
                 .policy
                 .current()
                 .namespace(&rule.spec.namespace)
-                .is_none() =>
+                .is_some() =>
         {
-            Some((
-                "NamespaceNotFound",
-                format!("berth Namespace {:?} does not exist", rule.spec.namespace),
-            ))
+            schedule
         }
-        Ok(_) => None,
+        refused => {
+            let health = match refused {
+                Err(e) => Health::stalled("InvalidSchedule", e.to_string()),
+                Ok(_) => Health::waiting(
+                    "NamespaceNotFound",
+                    format!("berth Namespace {:?} does not exist", rule.spec.namespace),
+                ),
+            };
+            next.conditions = health.conditions(&previous.conditions, generation);
+            next.next_run = None;
+            write(&api, &ctx, &rule, &next).await?;
+            return Ok(Action::requeue(RECHECK));
+        }
     };
-    if let Some((reason, message)) = refusal {
-        let health = match reason {
-            "InvalidSchedule" => Health::stalled(reason, message),
-            _ => Health::waiting(reason, message),
-        };
-        next.conditions = health.conditions(&previous.conditions, generation);
-        next.next_run = None;
-        write(&api, &ctx, &rule, &next).await?;
-        return Ok(Action::requeue(RECHECK));
-    }
-    let schedule = Schedule::parse(schedule_text).expect("checked above");
 
     let now = Timestamp::now();
     let since = previous
@@ -191,16 +182,8 @@ enum RunError {
 async fn run_once(rule: &AgingRule, ctx: &Context) -> Result<(AgingReport, u64), RunError> {
     let in_use = images_in_use(&ctx.client, &ctx.triggers.hosts).await?;
     let spec = &rule.spec;
-    let policy = AgingPolicy {
-        keep_days: spec.keep_days.map(|d| d.max(1) as u32),
-        keep_count: spec.keep_count.map(|n| n.max(1) as u32),
-        include: spec.tags.include.clone(),
-        exclude: spec.tags.exclude.clone(),
-    };
-    let scope = Scope {
-        namespace: spec.namespace.clone(),
-        repositories: spec.repositories.clone(),
-    };
+    let policy = AgingPolicy::from_spec(spec);
+    let scope = Scope::from_spec(spec);
     let report = aging::run(
         &ctx.store,
         &ctx.policy,

@@ -19,7 +19,7 @@ use berth::policy::{Policy, Snapshot};
 use berth::registry::RegistryState;
 use berth::registry::events::PushEvents;
 use berth::schedule::Schedule;
-use berth::storage::{GcOptions, StorageLocation, Store};
+use berth::storage::{BlobReads, GcOptions, StorageLocation, Store};
 use berth::sync::{self, SyncMetrics};
 
 /// berth: a container registry configured by Kubernetes custom resources.
@@ -222,6 +222,12 @@ struct RegistryArgs {
     /// much counting is lost in a crash.
     #[arg(long, default_value = "5s", value_parser = parse_duration, env = "BERTH_PULL_COUNT_FLUSH")]
     pull_count_flush: std::time::Duration,
+
+    /// How blobs stored in a local folder are served: `mapped` writes them to the socket
+    /// straight from the page cache (one copy fewer); `copied` reads them into a buffer
+    /// first, for a folder whose files something other than berth might truncate.
+    #[arg(long, default_value = "mapped", env = "BERTH_BLOB_READS")]
+    blob_reads: BlobReads,
 }
 
 impl RegistryArgs {
@@ -419,7 +425,8 @@ fn open_store(args: &RegistryArgs) -> anyhow::Result<Storage> {
     let store = Store::open(&location)
         .with_context(|| format!("opening storage {location}"))?
         .with_upload_buffer(args.max_upload_buffer)
-        .context("--max-upload-buffer")?;
+        .context("--max-upload-buffer")?
+        .with_blob_reads(args.blob_reads);
     let replica = args
         .replica_id
         .clone()

@@ -20,7 +20,33 @@ use object_store::path::Path;
 use super::error::{Result, StorageError};
 
 #[derive(Clone)]
-pub(super) struct LocalDir(Arc<LocalFileSystem>);
+pub(super) struct LocalDir {
+    fs: Arc<LocalFileSystem>,
+    blob_reads: BlobReads,
+}
+
+/// How blob content is read from a local directory to be served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BlobReads {
+    /// Ranges of 4 MiB and more as slices of a mapping of the file, written to the
+    /// socket from the page cache (`mapped.rs`): one copy fewer per byte served.
+    #[default]
+    Mapped,
+    /// `read` into a buffer on a blocking thread, then written: for storage folders whose
+    /// files something other than berth might truncate while they are served.
+    Copied,
+}
+
+impl std::str::FromStr for BlobReads {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "mapped" => Ok(BlobReads::Mapped),
+            "copied" => Ok(BlobReads::Copied),
+            _ => Err(format!("{s:?}: expected mapped or copied")),
+        }
+    }
+}
 
 /// An I/O failure in the form the rest of the store reports backend failures.
 pub(super) fn io_error(op: &'static str, key: &Path, e: std::io::Error) -> StorageError {
@@ -36,11 +62,23 @@ pub(super) fn io_error(op: &'static str, key: &Path, e: std::io::Error) -> Stora
 
 impl LocalDir {
     pub fn new(fs: Arc<LocalFileSystem>) -> Self {
-        LocalDir(fs)
+        LocalDir {
+            fs,
+            blob_reads: BlobReads::default(),
+        }
+    }
+
+    pub fn with_blob_reads(mut self, reads: BlobReads) -> Self {
+        self.blob_reads = reads;
+        self
+    }
+
+    pub fn blob_reads(&self) -> BlobReads {
+        self.blob_reads
     }
 
     pub fn file_path(&self, key: &Path) -> Result<PathBuf> {
-        self.0
+        self.fs
             .path_to_filesystem(key)
             .map_err(|e| StorageError::backend("locate", key, e))
     }

@@ -20,6 +20,7 @@ pub mod layout;
 mod local;
 mod local_write;
 mod manifests;
+mod mapped;
 mod parts;
 mod pipeline;
 pub mod pull_counts;
@@ -52,6 +53,7 @@ pub use error::{Result, StorageError};
 pub use gc::{GcOptions, GcReport};
 pub use hasher::Hasher;
 pub use keyed_locks::KeyedGuard;
+pub use local::BlobReads;
 pub use manifests::{ManifestLink, StoredManifest, TagLink};
 pub use read::{BlobBody, ByteRange, RangeError};
 pub use repositories::RepositoryUsage;
@@ -138,6 +140,15 @@ impl Store {
             }
             StorageLocation::S3(_) => Ok(Store::new(location.open()?)),
         }
+    }
+
+    /// How blob content of a local directory is read to be served (see `local.rs`);
+    /// remote stores stream from the backend whatever this says.
+    pub fn with_blob_reads(mut self, reads: BlobReads) -> Self {
+        if let Some(local) = self.local.take() {
+            self.local = Some(local.with_blob_reads(reads));
+        }
+        self
     }
 
     /// Whether the store is a local directory (rather than a remote object store).

@@ -7,7 +7,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore};
 
 use super::error::{Result, StorageError};
-use super::local::LocalDir;
+use super::local::{BlobReads, LocalDir, io_error};
 
 /// An inclusive byte range from an HTTP `Range: bytes=start-end` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +129,17 @@ pub(super) async fn open_range(
         futures::stream::empty().boxed()
     } else if let Some(local) = local {
         let file = local.open(key)?.ok_or_else(missing)?;
-        local_file_stream(file, range.clone())
+        match local.blob_reads() {
+            BlobReads::Mapped if range.end - range.start >= super::mapped::WORTH_MAPPING => {
+                super::mapped::stream(file, range.clone()).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => {
+                        StorageError::corrupt(key, "blob file is shorter than its recorded size")
+                    }
+                    _ => io_error("map", key, e),
+                })?
+            }
+            BlobReads::Mapped | BlobReads::Copied => local_file_stream(file, range.clone()),
+        }
     } else {
         let opts = GetOptions {
             range: Some(GetRange::Bounded(range.clone())),

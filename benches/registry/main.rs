@@ -32,6 +32,12 @@ use hyper_util::rt::TokioIo;
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpStream;
 
+mod big_pull;
+mod concurrent_push;
+mod rss;
+
+use rss::{PeakRss, fmt_mib};
+
 const USAGE: &str = "\
 registry benchmark: berth next to a peer registry (normally run by scripts/bench.sh)
 
@@ -46,14 +52,19 @@ registry benchmark: berth next to a peer registry (normally run by scripts/bench
   --push-mib N           size of the pushed blob in MiB [100]
   --push-reps N          pushes per registry and push mode; the median is reported [5]
   --pull-kib N           size of the pulled blob in KiB [1024]
-  --pull-clients N       concurrent blob pullers [8]
-  --manifest-clients N   concurrent manifest GET clients [32]
+  --pull-clients LIST    concurrent blob pullers, one phase per count [8,64,256]
+  --manifest-clients LIST  concurrent manifest GET clients, one phase per count [8,64,256]
+  --big-pull-mib N       size of the blob pulled alone, whole and by range [64]
+  --push-clients N       clients pushing distinct blobs at once [32]
+  --push-clients-mib N   size of each of those blobs in MiB [16]
   --rounds N             measured rounds per load phase and registry; median reported [3]
   --seconds S            length of one measured round [5]
   --warmup S             unmeasured warm-up before each round [1]
   --client-threads N     tokio worker threads of this load generator [2]
-  --only LIST            run only these phases: push,pull,manifest (comma-separated)
-  --quick                a fast smoke run: 16 MiB x2 pushes, 1 round of 1 s
+  --only LIST            run only these phases (comma-separated):
+                         push, pull, manifest, big-pull, concurrent-push
+  --quick                a fast smoke run: 16 MiB x2 pushes, 8 and 64 clients,
+                         8 pushers, 1 round of 1 s
 ";
 
 // ---------------------------------------------------------------------------------------
@@ -66,8 +77,11 @@ struct Settings {
     push_bytes: usize,
     push_reps: usize,
     pull_bytes: usize,
-    pull_clients: usize,
-    manifest_clients: usize,
+    pull_clients: Vec<usize>,
+    manifest_clients: Vec<usize>,
+    big_pull_bytes: usize,
+    push_clients: usize,
+    push_clients_bytes: usize,
     rounds: usize,
     seconds: f64,
     warmup: f64,
@@ -116,6 +130,21 @@ impl Target {
             pid,
         })
     }
+}
+
+const PHASES: [&str; 5] = ["push", "pull", "manifest", "big-pull", "concurrent-push"];
+
+/// A comma-separated list of client counts, each > 0.
+fn counts(v: Option<String>, default: &[usize], what: &str) -> anyhow::Result<Vec<usize>> {
+    let Some(v) = v else {
+        return Ok(default.to_vec());
+    };
+    v.split(',')
+        .map(|n| match n.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(anyhow::anyhow!("{what}: {n:?} is not a count > 0")),
+        })
+        .collect()
 }
 
 fn parse_settings() -> anyhow::Result<Option<Settings>> {
@@ -198,16 +227,31 @@ fn parse_settings() -> anyhow::Result<Option<Settings>> {
             "--push-reps",
         )?,
         pull_bytes: num(get("--pull-kib", "BENCH_PULL_KIB"), 1024, "--pull-kib")? << 10,
-        pull_clients: num(
+        pull_clients: counts(
             get("--pull-clients", "BENCH_PULL_CLIENTS"),
-            8,
+            if quick { &[8, 64] } else { &[8, 64, 256] },
             "--pull-clients",
         )?,
-        manifest_clients: num(
+        manifest_clients: counts(
             get("--manifest-clients", "BENCH_MANIFEST_CLIENTS"),
-            32,
+            if quick { &[8, 64] } else { &[8, 64, 256] },
             "--manifest-clients",
         )?,
+        big_pull_bytes: num(
+            get("--big-pull-mib", "BENCH_BIG_PULL_MIB"),
+            64,
+            "--big-pull-mib",
+        )? << 20,
+        push_clients: num(
+            get("--push-clients", "BENCH_PUSH_CLIENTS"),
+            if quick { 8 } else { 32 },
+            "--push-clients",
+        )?,
+        push_clients_bytes: num(
+            get("--push-clients-mib", "BENCH_PUSH_CLIENTS_MIB"),
+            16,
+            "--push-clients-mib",
+        )? << 20,
         rounds: num(
             get("--rounds", "BENCH_ROUNDS"),
             if quick { 1 } else { 3 },
@@ -234,8 +278,9 @@ fn parse_settings() -> anyhow::Result<Option<Settings>> {
     };
     for phase in &settings.only {
         ensure!(
-            ["push", "pull", "manifest"].contains(&phase.as_str()),
-            "--only: unknown phase {phase:?} (push, pull, manifest)"
+            PHASES.contains(&phase.as_str()),
+            "--only: unknown phase {phase:?} ({})",
+            PHASES.join(", ")
         );
     }
     ensure!(
@@ -243,8 +288,11 @@ fn parse_settings() -> anyhow::Result<Option<Settings>> {
         "reps and rounds must be > 0"
     );
     ensure!(
-        settings.pull_clients > 0 && settings.manifest_clients > 0 && settings.client_threads > 0,
-        "client counts must be > 0"
+        settings.push_clients > 0
+            && settings.client_threads > 0
+            && settings.big_pull_bytes > 0
+            && settings.push_clients_bytes > 0,
+        "client counts and sizes must be > 0"
     );
     Ok(Some(settings))
 }
@@ -607,9 +655,12 @@ async fn push_once(
 // (b), (c) Closed-loop GET load: N keep-alive connections, each sending its next request
 // as soon as the previous reply is read.
 
+#[derive(Clone)]
 struct LoadSpec {
     path: String,
     accept: Option<&'static str>,
+    /// A `Range` header to send; the reply must then be 206.
+    range: Option<String>,
     expect_len: u64,
     clients: usize,
     warmup: Duration,
@@ -624,6 +675,8 @@ struct LoadResult {
     secs: f64,
     latencies_us: Vec<u32>,
     cpu: CpuUse,
+    /// The server's peak RSS during the round, MiB.
+    peak_rss: Option<f64>,
 }
 
 impl LoadResult {
@@ -659,9 +712,7 @@ struct Worker {
 async fn load_worker(
     t: Target,
     first: (Conn, Driver),
-    path: String,
-    accept: Option<&'static str>,
-    expect_len: u64,
+    spec: LoadSpec,
     from: Instant,
     until: Instant,
 ) -> Worker {
@@ -672,8 +723,23 @@ async fn load_worker(
         first_error: None,
         latencies_us: Vec::with_capacity(1 << 16),
     };
-    let headers: Vec<(HeaderName, &str)> =
-        accept.map(|a| (header::ACCEPT, a)).into_iter().collect();
+    let LoadSpec {
+        path,
+        accept,
+        range,
+        expect_len,
+        ..
+    } = spec;
+    let headers: Vec<(HeaderName, &str)> = accept
+        .map(|a| (header::ACCEPT, a))
+        .into_iter()
+        .chain(range.as_deref().map(|r| (header::RANGE, r)))
+        .collect();
+    let want = if range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
     let mut next = Some(first);
     loop {
         let (mut conn, driver) = match next.take() {
@@ -696,7 +762,7 @@ async fn load_worker(
                     let response = conn.request(Method::GET, &path, &headers, empty()).await?;
                     let status = response.status();
                     let n = drain(response.into_body()).await?;
-                    ensure!(status == StatusCode::OK, "status {status}");
+                    ensure!(status == want, "status {status}, want {want}");
                     ensure!(n == expect_len, "{n} bytes, want {expect_len}");
                     Ok(n)
                 }
@@ -743,22 +809,14 @@ async fn run_load(t: &Target, spec: &LoadSpec) -> anyhow::Result<LoadResult> {
     let until = from + spec.measure;
     let tasks: Vec<_> = conns
         .into_iter()
-        .map(|c| {
-            tokio::spawn(load_worker(
-                t.clone(),
-                c,
-                spec.path.clone(),
-                spec.accept,
-                spec.expect_len,
-                from,
-                until,
-            ))
-        })
+        .map(|c| tokio::spawn(load_worker(t.clone(), c, spec.clone(), from, until)))
         .collect();
     tokio::time::sleep_until(from.into()).await;
     let before = cpu_snap(t.pid);
+    let rss = PeakRss::watch(t.pid);
     tokio::time::sleep_until(until.into()).await;
     let after = cpu_snap(t.pid);
+    let peak_rss = rss.finish().await;
     let mut result = LoadResult {
         requests: 0,
         bytes: 0,
@@ -767,6 +825,7 @@ async fn run_load(t: &Target, spec: &LoadSpec) -> anyhow::Result<LoadResult> {
         secs: (after.at - before.at).as_secs_f64(),
         latencies_us: Vec::new(),
         cpu: cpu_use(before, after),
+        peak_rss,
     };
     for task in tasks {
         let w = task.await?;
@@ -893,6 +952,129 @@ async fn setup_manifest(t: &Target, nonce: u64) -> anyhow::Result<(String, u64)>
         t.name
     );
     Ok((path, manifest.len() as u64))
+}
+
+// ---------------------------------------------------------------------------------------
+// A load phase: rounds of closed-loop GETs on every registry, alternating which goes first.
+
+async fn load_phase(
+    s: &Settings,
+    targets: &[Target],
+    title: &str,
+    spec_for: impl Fn(usize) -> LoadSpec,
+) -> anyhow::Result<Vec<Vec<LoadResult>>> {
+    println!(
+        "-- {title}: {} rounds of {:.1} s (+{:.1} s warm-up) per registry",
+        s.rounds, s.seconds, s.warmup
+    );
+    let mut results: Vec<Vec<LoadResult>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..s.rounds {
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let t = &targets[i];
+            let r = run_load(t, &spec_for(i))
+                .await
+                .with_context(|| format!("{title} on {}", t.name))?;
+            println!(
+                "   {:<13} round {round}: {:9.1} req/s {:8.1} MB/s  p50 {:6.2} ms  p99 {:6.2} ms  errors {}  server {} µs/req  RSS {}  cores: {}",
+                t.name,
+                r.rps(),
+                r.mbps(),
+                r.percentile_ms(0.5),
+                r.percentile_ms(0.99),
+                r.errors,
+                r.server_us_per_req()
+                    .map_or("?".to_string(), |u| format!("{u:.1}")),
+                fmt_mib(r.peak_rss),
+                fmt_cores(&r.cpu),
+            );
+            if let Some(e) = &r.first_error {
+                println!("   {:<13} first error: {e}", "");
+            }
+            results[i].push(r);
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for (i, t) in targets.iter().enumerate() {
+        let cpu = median_cpu(&results[i].iter().map(|r| r.cpu).collect::<Vec<_>>());
+        println!(
+            "   {:<13} median {:9.1} req/s {:8.1} MB/s  p99 {:.2} ms; cores: {}; {}",
+            t.name,
+            median_by(&results[i], LoadResult::rps),
+            median_by(&results[i], LoadResult::mbps),
+            median_by(&results[i], |r| r.percentile_ms(0.99)),
+            fmt_cores(&cpu),
+            limit(&cpu, cpus),
+        );
+    }
+    let errors: u64 = results.iter().flatten().map(|r| r.errors).sum();
+    if errors > 0 {
+        println!("   WARNING: {errors} failed requests; the figures above are suspect");
+    }
+    println!();
+    Ok(results)
+}
+
+/// What bounded a round. With every CPU busy, the load generator's share is CPU the
+/// server could not have: when it takes a third or more, the figure says as much about
+/// the generator as about the server.
+fn limit(cpu: &CpuUse, cpus: f64) -> String {
+    let busy = cpu.server.unwrap_or(0.0) + cpu.client + cpu.other;
+    if busy < 0.9 * cpus {
+        return "limit: neither side saturates the CPUs (latency-bound)".to_string();
+    }
+    let share = cpu.client / busy;
+    if share >= 0.33 {
+        format!(
+            "limit: CPUs saturated, the load generator holds {:.0} % of them (generator-bound)",
+            share * 100.0
+        )
+    } else {
+        format!(
+            "limit: CPUs saturated, the load generator holds {:.0} % (server-bound)",
+            share * 100.0
+        )
+    }
+}
+
+fn medians(results: &[Vec<LoadResult>], f: impl Fn(&LoadResult) -> f64 + Copy) -> Vec<f64> {
+    results.iter().map(|v| median_by(v, f)).collect()
+}
+
+/// p99 latency, errors and peak RSS of a load phase, berth beside the peer.
+fn load_rows(what: &str, results: &[Vec<LoadResult>]) -> Vec<Row> {
+    let p99 = medians(results, |r| r.percentile_ms(0.99));
+    let errors: Vec<f64> = results
+        .iter()
+        .map(|v| v.iter().map(|r| r.errors).sum::<u64>() as f64)
+        .collect();
+    let rss = medians(results, |r| r.peak_rss.unwrap_or(f64::NAN));
+    vec![
+        Row {
+            metric: format!("{what} p99 (ms)"),
+            berth: p99[0],
+            peer: p99.get(1).copied(),
+            target: "-".to_string(),
+            verdict: None,
+        },
+        Row {
+            metric: format!("{what} errors"),
+            berth: errors[0],
+            peer: errors.get(1).copied(),
+            target: "0".to_string(),
+            verdict: Some(errors.iter().all(|&e| e == 0.0)),
+        },
+        Row {
+            metric: format!("{what} peak RSS (MiB)"),
+            berth: rss[0],
+            peer: rss.get(1).copied(),
+            target: "-".to_string(),
+            verdict: None,
+        },
+    ]
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1102,7 +1284,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     }
     drop(base);
 
-    // ---- (b) pull, (c) manifest GET
+    // ---- (b) pull, (c) manifest GET, at each concurrency
     let pull_blob = pseudo_random(s.pull_bytes, nonce ^ 0xb10b);
     let mut pull_paths = Vec::new();
     let mut manifest_paths = Vec::new();
@@ -1118,128 +1300,66 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                 .with_context(|| format!("manifest fixture on {}", t.name))?,
         );
     }
-    let phases = [
-        (
-            format!(
-                "pull {} KiB blob, {} clients",
-                s.pull_bytes >> 10,
-                s.pull_clients
-            ),
-            s.pull_clients,
-            true,
-        ),
-        (
-            format!("manifest GET by tag, {} clients", s.manifest_clients),
-            s.manifest_clients,
-            false,
-        ),
-    ];
-    for (title, clients, is_pull) in phases {
-        if !s.runs(if is_pull { "pull" } else { "manifest" }) {
-            continue;
-        }
-        println!(
-            "-- {title}: {} rounds of {:.1} s (+{:.1} s warm-up) per registry",
-            s.rounds, s.seconds, s.warmup
-        );
-        let mut results: Vec<Vec<LoadResult>> = targets.iter().map(|_| Vec::new()).collect();
-        for round in 0..s.rounds {
-            let mut order: Vec<usize> = (0..targets.len()).collect();
-            if round % 2 == 1 {
-                order.reverse();
-            }
-            for i in order {
-                let t = &targets[i];
-                let (path, accept, expect_len) = if is_pull {
-                    (pull_paths[i].clone(), None, s.pull_bytes as u64)
-                } else {
-                    (
-                        manifest_paths[i].0.clone(),
-                        Some(MANIFEST_ACCEPT),
-                        manifest_paths[i].1,
-                    )
-                };
-                let spec = LoadSpec {
-                    path,
-                    accept,
-                    expect_len,
-                    clients,
-                    warmup: Duration::from_secs_f64(s.warmup),
-                    measure: Duration::from_secs_f64(s.seconds),
-                };
-                let r = run_load(t, &spec)
-                    .await
-                    .with_context(|| format!("{title} on {}", t.name))?;
-                println!(
-                    "   {:<13} round {round}: {:9.1} req/s {:8.1} MB/s  p50 {:6.2} ms  p99 {:6.2} ms  errors {}  server {} µs/req  cores: {}",
-                    t.name,
-                    r.rps(),
-                    r.mbps(),
-                    r.percentile_ms(0.5),
-                    r.percentile_ms(0.99),
-                    r.errors,
-                    r.server_us_per_req()
-                        .map_or("?".to_string(), |u| format!("{u:.1}")),
-                    fmt_cores(&r.cpu),
-                );
-                if let Some(e) = &r.first_error {
-                    println!("   {:<13} first error: {e}", "");
-                }
-                results[i].push(r);
-            }
-        }
-        let rps: Vec<f64> = results
-            .iter()
-            .map(|v| median_by(v, LoadResult::rps))
-            .collect();
-        let mbps: Vec<f64> = results
-            .iter()
-            .map(|v| median_by(v, LoadResult::mbps))
-            .collect();
-        for (i, t) in targets.iter().enumerate() {
-            let cpu = median_cpu(&results[i].iter().map(|r| r.cpu).collect::<Vec<_>>());
-            println!(
-                "   {:<13} median {:9.1} req/s {:8.1} MB/s; cores: {}",
-                t.name,
-                rps[i],
-                mbps[i],
-                fmt_cores(&cpu)
-            );
-        }
-        let errors: u64 = results.iter().flatten().map(|r| r.errors).sum();
-        if errors > 0 {
-            println!("   WARNING: {errors} failed requests; the figures above are suspect");
-        }
-        if is_pull {
+    drop(pull_blob);
+    let kib = s.pull_bytes >> 10;
+    if s.runs("pull") {
+        for &clients in &s.pull_clients {
+            let title = format!("pull {kib} KiB blob, {clients} clients");
+            let results = load_phase(&s, &targets, &title, |i| LoadSpec {
+                path: pull_paths[i].clone(),
+                accept: None,
+                range: None,
+                expect_len: s.pull_bytes as u64,
+                clients,
+                warmup: Duration::from_secs_f64(s.warmup),
+                measure: Duration::from_secs_f64(s.seconds),
+            })
+            .await?;
+            let mbps = medians(&results, LoadResult::mbps);
             let peer = mbps.get(1).copied();
             rows.push(Row {
-                metric: format!("pull {} KiB ×{} (MB/s)", s.pull_bytes >> 10, s.pull_clients),
+                metric: format!("pull {kib} KiB ×{clients} (MB/s)"),
                 berth: mbps[0],
                 peer,
                 target: "≥ 2×".to_string(),
                 verdict: peer.map(|p| mbps[0] >= 2.0 * p),
             });
+            rows.extend(load_rows(&format!("pull {kib} KiB ×{clients}"), &results));
+        }
+    }
+    if s.runs("manifest") {
+        for &clients in &s.manifest_clients {
+            let title = format!("manifest GET by tag, {clients} clients");
+            let results = load_phase(&s, &targets, &title, |i| LoadSpec {
+                path: manifest_paths[i].0.clone(),
+                accept: Some(MANIFEST_ACCEPT),
+                range: None,
+                expect_len: manifest_paths[i].1,
+                clients,
+                warmup: Duration::from_secs_f64(s.warmup),
+                measure: Duration::from_secs_f64(s.seconds),
+            })
+            .await?;
+            let rps = medians(&results, LoadResult::rps);
             rows.push(Row {
-                metric: format!(
-                    "pull {} KiB ×{} (req/s)",
-                    s.pull_bytes >> 10,
-                    s.pull_clients
-                ),
-                berth: rps[0],
-                peer: rps.get(1).copied(),
-                target: "-".to_string(),
-                verdict: None,
-            });
-        } else {
-            rows.push(Row {
-                metric: format!("manifest GET by tag ×{} (req/s)", s.manifest_clients),
+                metric: format!("manifest GET by tag ×{clients} (req/s)"),
                 berth: rps[0],
                 peer: rps.get(1).copied(),
                 target: "≥ 20000 req/s".to_string(),
                 verdict: Some(rps[0] >= 20000.0),
             });
+            rows.extend(load_rows(&format!("manifest ×{clients}"), &results));
         }
-        println!();
+    }
+
+    // ---- (d) one large blob, alone: whole and by range, beside the loopback limit
+    if s.runs("big-pull") {
+        rows.extend(big_pull::run(&s, &targets, nonce).await?);
+    }
+
+    // ---- (e) many clients pushing distinct blobs at once
+    if s.runs("concurrent-push") {
+        rows.extend(concurrent_push::run(&s, &targets, nonce).await?);
     }
 
     // ---- summary
@@ -1252,6 +1372,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     for r in &rows {
         let ratio = r
             .peer
+            .filter(|&p| p != 0.0 && p.is_finite() && r.berth.is_finite())
             .map_or("-".to_string(), |p| format!("{:.2}×", r.berth / p));
         println!(
             "{:<38} {:>10.1} {:>13} {:>8}  {:<22} {}",

@@ -1,0 +1,167 @@
+//! Many clients pushing distinct blobs at the same moment, as a CI fleet does: aggregate
+//! throughput and the server's peak memory, which shows whether it buffers uploads.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use anyhow::ensure;
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+use hyper::{Method, StatusCode, header};
+
+use super::rss::{PeakRss, fmt_mib};
+use super::{
+    Conn, PUSH_FRAME, Row, Settings, Target, cpu_snap, cpu_use, empty, fmt_cores, location,
+    pseudo_random, sha256, with_digest,
+};
+
+pub async fn run(s: &Settings, targets: &[Target], nonce: u64) -> anyhow::Result<Vec<Row>> {
+    let n = s.push_clients;
+    let mib = s.push_clients_bytes >> 20;
+    println!(
+        "-- {n} clients each pushing a distinct {mib} MiB blob at once (POST + PATCH + PUT), {} rounds",
+        s.rounds
+    );
+    let mut mbps: Vec<Vec<f64>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut rss: Vec<Vec<f64>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..s.rounds {
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let t = &targets[i];
+            // Fresh blobs per registry and round: nothing may be deduplicated away.
+            let blobs: Vec<(Bytes, String)> = (0..n)
+                .map(|k| {
+                    let seed = nonce ^ 0xc0c0 ^ ((round * 1000 + k) as u64) << 20 ^ i as u64;
+                    let data = Bytes::from(pseudo_random(s.push_clients_bytes, seed));
+                    let digest = sha256(&data);
+                    (data, digest)
+                })
+                .collect();
+            let mut conns = Vec::with_capacity(n);
+            for _ in 0..n {
+                conns.push(Conn::open(t).await?);
+            }
+            let before = cpu_snap(t.pid);
+            let watch = PeakRss::watch(t.pid);
+            let started = Instant::now();
+            let pushes: Vec<_> = conns
+                .into_iter()
+                .zip(blobs.iter().cloned())
+                .map(|(c, (data, digest))| tokio::spawn(push(c, data, digest)))
+                .collect();
+            let mut failed = Vec::new();
+            for p in pushes {
+                if let Err(e) = p.await? {
+                    failed.push(e.to_string());
+                }
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let cpu = cpu_use(before, cpu_snap(t.pid));
+            let peak = watch.finish().await;
+            ensure!(
+                failed.is_empty(),
+                "{}: {} of {n} concurrent pushes failed, first: {}",
+                t.name,
+                failed.len(),
+                failed[0]
+            );
+            verify(t, &blobs).await?;
+            let rate = (n * s.push_clients_bytes) as f64 / secs / 1e6;
+            println!(
+                "   {:<13} round {round}: {rate:7.1} MB/s aggregate, {:.2} s for all; peak RSS {}; server CPU {:.2} s; cores: {}",
+                t.name,
+                secs,
+                fmt_mib(peak),
+                cpu.server_secs.unwrap_or(f64::NAN),
+                fmt_cores(&cpu),
+            );
+            mbps[i].push(rate);
+            rss[i].extend(peak);
+        }
+    }
+    println!();
+    let med = |v: &mut Vec<f64>| super::median(v);
+    let rate: Vec<f64> = mbps.iter_mut().map(med).collect();
+    let peak: Vec<f64> = rss.iter_mut().map(med).collect();
+    Ok(vec![
+        Row {
+            metric: format!("push {mib} MiB ×{n} at once (MB/s)"),
+            berth: rate[0],
+            peer: rate.get(1).copied(),
+            target: "-".to_string(),
+            verdict: None,
+        },
+        Row {
+            metric: format!("push {mib} MiB ×{n} peak RSS (MiB)"),
+            berth: peak[0],
+            peer: peak.get(1).copied(),
+            target: "-".to_string(),
+            verdict: None,
+        },
+    ])
+}
+
+async fn push(mut c: Conn, data: Bytes, digest: String) -> anyhow::Result<()> {
+    let repo = "bench/fleet";
+    let (h, _) = c
+        .expect(
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[(header::CONTENT_LENGTH, "0")],
+            empty(),
+            StatusCode::ACCEPTED,
+        )
+        .await?;
+    let loc = location(&h)?;
+    let size = data.len();
+    let frames = (0..size.div_ceil(PUSH_FRAME)).map(move |i| {
+        let end = ((i + 1) * PUSH_FRAME).min(size);
+        Ok::<_, Infallible>(Frame::data(data.slice(i * PUSH_FRAME..end)))
+    });
+    let body = BoxBody::new(StreamBody::new(futures::stream::iter(frames)));
+    let (h, _) = c
+        .expect(
+            Method::PATCH,
+            &loc,
+            &[(header::CONTENT_TYPE, "application/octet-stream")],
+            body,
+            StatusCode::ACCEPTED,
+        )
+        .await?;
+    let loc = location(&h)?;
+    c.expect(
+        Method::PUT,
+        &with_digest(&loc, &digest),
+        &[(header::CONTENT_LENGTH, "0")],
+        empty(),
+        StatusCode::CREATED,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Every pushed blob must be served whole under its digest afterwards.
+async fn verify(t: &Target, blobs: &[(Bytes, String)]) -> anyhow::Result<()> {
+    let mut c = Conn::open(t).await?;
+    for (data, digest) in blobs {
+        let path = format!("/v2/bench/fleet/blobs/{digest}");
+        let response = c.request(Method::GET, &path, &[], empty()).await?;
+        ensure!(
+            response.status() == StatusCode::OK,
+            "{}: GET {path} answered {}",
+            t.name,
+            response.status()
+        );
+        let body = response.into_body().collect().await?.to_bytes();
+        ensure!(
+            body.len() == data.len() && sha256(&body) == *digest,
+            "{}: {path} served other bytes than were pushed",
+            t.name
+        );
+    }
+    Ok(())
+}

@@ -289,17 +289,27 @@ fn install(plane: &ControlPlane, module: &Path) -> Result<(), String> {
         let file = file.display().to_string();
         kubectl(&[&apply[..], &["-f", &file]].concat(), None)?;
     }
-    kubectl(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/applications.argoproj.io",
-            "crd/appprojects.argoproj.io",
-            "crd/applicationsets.argoproj.io",
-        ],
-        None,
-    )?;
+    // `kubectl wait` fails at once ("accessor error") on a CRD that has no status yet,
+    // so it is asked again until the deadline.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let established = kubectl(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/applications.argoproj.io",
+                "crd/appprojects.argoproj.io",
+                "crd/applicationsets.argoproj.io",
+            ],
+            None,
+        );
+        match established {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
 
     let mut cm = base_config_map(module, "argocd-cm")?;
     let data = cm.as_object_mut().ok_or("argocd-cm data is not a map")?;

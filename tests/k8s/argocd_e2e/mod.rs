@@ -129,6 +129,30 @@ async fn wait_for_image(cluster: &TestCluster, image: &str, limit: Duration) -> 
     }
 }
 
+/// The field managers that own the Deployment `web`'s image, sorted.
+async fn image_owners(cluster: &TestCluster) -> Vec<String> {
+    let deployment = Api::<Deployment>::namespaced(cluster.client(), cluster.namespace())
+        .get("web")
+        .await
+        .unwrap();
+    let mut owners: Vec<String> = deployment
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| {
+            m.fields_v1.as_ref().is_some_and(|f| {
+                f.0["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"]
+                    .get("f:image")
+                    .is_some()
+            })
+        })
+        .filter_map(|m| m.manager)
+        .collect();
+    owners.sort();
+    owners
+}
+
 fn reconciled_at(status: &Value) -> String {
     status["reconciledAt"]
         .as_str()
@@ -360,6 +384,9 @@ async fn in_cluster_mode_with_the_documented_settings_argo_cd_keeps_the_image_be
         syncs_before,
         "self-heal ran a sync: {status:#}"
     );
+    // berth's push took the field over from Argo CD's first apply: the field
+    // `managedFieldsManagers: [berth]` makes Argo CD ignore.
+    assert_eq!(image_owners(&cluster).await, ["berth"]);
     let trigger = get(&cluster, "Trigger", "web-releases").await;
     assert_eq!(
         condition(&trigger, "Ready").map(|(s, _)| s).as_deref(),
@@ -390,6 +417,21 @@ async fn in_cluster_mode_with_the_documented_settings_argo_cd_keeps_the_image_be
         .await;
     assert_eq!(syncs(&status), syncs_before + 1, "{status:#}");
     assert_eq!(live_web(&cluster).await, (pushed.clone(), 2));
+    // How: RespectIgnoreDifferences put the live value of the ignored image into what
+    // Argo CD applied, so it applied berth's image, and berth and Argo CD now both own
+    // the field with the same value (no conflict for either).
+    let applied = status["operationState"]["syncResult"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "Deployment")
+        .unwrap();
+    assert_eq!(applied["images"], json!([pushed]), "{applied:#}");
+    assert_eq!(
+        image_owners(&cluster).await,
+        ["argocd-controller", "berth"],
+        "the image's field managers"
+    );
 
     // berth still owns the image: the next push applies.
     let digest = push_image(&operator.url(), &format!("{team}/web"), "v3", "v3")
@@ -459,6 +501,7 @@ async fn without_the_documented_settings_self_heal_puts_gits_image_back() {
         in_git,
         "berth did not take the image back"
     );
+    assert_eq!(image_owners(&cluster).await, ["argocd-controller"]);
 }
 
 /// For the `git` write-back mode (another branch): after a push, berth commits the new

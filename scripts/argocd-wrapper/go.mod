@@ -2,7 +2,7 @@ module berth.local/argocd-wrapper
 
 // Builds Argo CD from github.com/argoproj/argo-cd/v3, whose go.mod has
 // replace directives (so `go install` refuses it): the replace block below is
-// copied from its go.mod (scripts/build-argocd.sh --check compares them).
+// copied from its go.mod (scripts/build-peers.sh compares them before building).
 
 go 1.24.6
 

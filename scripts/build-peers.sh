@@ -7,7 +7,11 @@
 # the other (the machines have 2 cores).  Versions are pinned below and can be
 # overridden from the environment (e.g. CRANE_VERSION=v0.21.8).
 #
-# Default set: oci-conformance crane oras regctl minio helm distribution gitops-check
+# Default set: oci-conformance crane oras regctl minio helm distribution gitops-check argocd
+#   (argocd: Argo CD v3.1.0, one multi-call binary linked as argocd,
+#   argocd-application-controller and argocd-repo-server, for tests/k8s/argocd_e2e.rs;
+#   built from the wrapper module scripts/argocd-wrapper/, about 200 MB and the
+#   slowest build here: several minutes on 2 cores)
 #   (distribution: CNCF distribution v3 `registry`, as `distribution-registry`, the
 #   registry without a referrers API that tests/sync pushes to and pulls from)
 #
@@ -103,7 +107,7 @@ SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${HELM_VERSION:=v3.21.4}"
 : "${HELM_K8S_VERSION:=1.33}" # what offline `helm template`/`helm lint` take as the cluster version
 
-DEFAULT_TOOLS=(oci-conformance crane oras regctl minio helm distribution gitops-check)
+DEFAULT_TOOLS=(oci-conformance crane oras regctl minio helm distribution gitops-check argocd)
 ALL_TOOLS=("${DEFAULT_TOOLS[@]}")
 
 VERSIONS_DIR="$BERTH_BIN/.versions"
@@ -200,6 +204,40 @@ build_gitops_check() {
   (cd "$SCRIPTS_DIR/gitops-check" && go build -ldflags="-s -w" -o "$1" .)
 }
 
+# Argo CD (scripts/argocd-wrapper/): github.com/argoproj/argo-cd/v3 replaces ~37
+# modules in its go.mod, so `go install` refuses it; the wrapper requires it and
+# carries the same replace block (checked here against the downloaded go.mod, so
+# a version bump that forgets the block fails loudly instead of building a
+# binary against other dependency versions).  One binary; its role comes from
+# argv[0], so the links below are the whole "install".
+ARGOCD_WRAPPER="$SCRIPTS_DIR/argocd-wrapper"
+argocd_version() { awk '$1 == "github.com/argoproj/argo-cd/v3" { print $2 }' "$ARGOCD_WRAPPER/go.mod" | head -n1; }
+build_argocd() {
+  local out="$1" version; version="$(argocd_version)"
+  local src; src="$(module_dir "github.com/argoproj/argo-cd/v3@$version")" || return 1
+  if ! diff <(sed -n '/^replace (/,/^)/p' "$src/go.mod") <(sed -n '/^replace (/,/^)/p' "$ARGOCD_WRAPPER/go.mod") >&2; then
+    log "argocd: the replace block of $ARGOCD_WRAPPER/go.mod differs from argo-cd $version's go.mod (diff above)"
+    return 1
+  fi
+  local p=github.com/argoproj/argo-cd/v3/common
+  (cd "$ARGOCD_WRAPPER" && go build -ldflags="-s -w -X $p.version=${version#v} -X $p.gitTag=$version -X $p.gitTreeState=clean" \
+    -o "$out" github.com/argoproj/argo-cd/v3/cmd)
+}
+provide_argocd() {
+  local version; version="$(argocd_version)"
+  [[ -n "$version" ]] || die "argocd: $ARGOCD_WRAPPER/go.mod does not require github.com/argoproj/argo-cd/v3"
+  # Keyed by what the build reads (comments in go.mod change nothing).
+  local key; key="$( (grep -v '^//' "$ARGOCD_WRAPPER/go.mod"; cat "$ARGOCD_WRAPPER/go.sum") | sha256sum | cut -c1-12)"
+  provide argocd "argocd-$version-$key" build_argocd
+  # The tests also read the module's source (manifests/crds/, manifests/base/config/)
+  # from the module cache: make sure it is there when the binary came from the cache.
+  module_dir "github.com/argoproj/argo-cd/v3@$version" >/dev/null || die "argocd: cannot download the module"
+  local role
+  for role in argocd-application-controller argocd-repo-server; do
+    ln -sfn argocd "$BERTH_BIN/$role"
+  done
+}
+
 build_tool() {
   case "$1" in
     oci-conformance) provide oci-conformance.test "oci-conformance-$OCI_CONFORMANCE_VERSION.test" build_oci_conformance ;;
@@ -209,6 +247,7 @@ build_tool() {
     minio)           provide minio "minio-$MINIO_VERSION" build_minio ;;
     distribution)    provide distribution-registry "distribution-registry-$DISTRIBUTION_VERSION" build_distribution ;;
     helm)            provide helm "helm-$HELM_VERSION-k8s$HELM_K8S_VERSION" build_helm ;;
+    argocd)          provide_argocd ;;
     gitops-check)    provide berth-gitops-check "berth-gitops-check-$(cat "$SCRIPTS_DIR"/gitops-check/{go.mod,go.sum,main.go} | sha256sum | cut -c1-12)" build_gitops_check ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
   esac

@@ -25,6 +25,10 @@ PACKAGES=(
   chromium
   # the web UI's upload tests: docker save (dockerd is started by the test itself)
   docker.io
+  # the Argo CD end-to-end tests: its cache (redis-server, started by the test on
+  # loopback; the Debian service is stopped like docker-registry's) and the Git
+  # server the Applications sync from (git daemon)
+  redis-server git
   # the Go module proxy and HTTPS in general; flock for locking; curl for probes
   ca-certificates util-linux curl openssl
 )
@@ -45,6 +49,17 @@ missing_packages() {
   for p in "${PACKAGES[@]}"; do
     [[ -n "${installed[$p]:-}" ]] || printf '%s\n' "$p"
   done
+}
+
+# Debian's redis-server postinst starts a service on 127.0.0.1:6379; the tests
+# start their own redis on a free port, so keep the packaged one stopped.
+stop_redis_service() {
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+    "${SUDO[@]}" systemctl disable --now redis-server.service >/dev/null 2>&1 || true
+  fi
+  if [[ -x /etc/init.d/redis-server ]]; then
+    "${SUDO[@]}" update-rc.d redis-server disable >/dev/null 2>&1 || true
+  fi
 }
 
 # Debian's docker-registry postinst starts the service through invoke-rc.d
@@ -70,6 +85,7 @@ main() {
   if [[ ${#missing[@]} -eq 0 ]]; then
     log "all ${#PACKAGES[@]} packages already installed"
     stop_docker_registry_service
+    stop_redis_service
     return 0
   fi
   log "installing: ${missing[*]}"
@@ -96,6 +112,7 @@ main() {
     trap - EXIT
   fi
   stop_docker_registry_service
+  stop_redis_service
 
   mapfile -t missing < <(missing_packages)
   [[ ${#missing[@]} -eq 0 ]] || die "still missing after apt-get install: ${missing[*]}"

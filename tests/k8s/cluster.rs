@@ -60,6 +60,11 @@ impl TestCluster {
         &self.shared.kubeconfig
     }
 
+    /// The shared control plane itself, for fixtures that outlive this test (Argo CD).
+    pub fn control_plane(&self) -> &'static ControlPlane {
+        self.shared
+    }
+
     /// The directory of the shared control plane (logs are `NAME.log` there).
     #[allow(dead_code, reason = "for tests that read the control plane's logs")]
     pub fn dir(&self) -> &Path {

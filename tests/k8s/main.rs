@@ -6,6 +6,7 @@
 mod common;
 
 mod aging;
+mod argocd_e2e;
 mod auth;
 mod chart;
 mod cluster;

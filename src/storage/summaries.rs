@@ -3,9 +3,9 @@
 //! namespace of 10,000 repositories (and summing usage per namespace) reads memory
 //! instead of 10,000 tag listings and link reads.
 //!
-//! The index is filled lazily (a repository is summarised the first time a listing
-//! needs it; a restart starts empty and refills from storage, so it is never stale
-//! across restarts) and kept true cheaply: every write of this process under a
+//! The index is filled in the background when berth starts (`warm_summaries`) and
+//! lazily for whatever a listing needs before that (a restart starts empty and refills
+//! from storage, so it is never stale across restarts), and kept true cheaply: every write of this process under a
 //! repository's keys — a tag, manifest or blob link written or deleted, a repository
 //! removed, garbage collection, this replica's pull-count flush — invalidates that
 //! repository's entry once the write is done. A summary computed concurrently with
@@ -211,6 +211,37 @@ impl Store {
         };
         self.summaries.finish(repo.as_str(), epoch, summary);
         Ok(summary)
+    }
+
+    /// Summarises every stored repository once, in the background after a start, so
+    /// that the first listing needing all of them (a sort by pulls, `/api/namespaces`)
+    /// is as fast as the ones after it. Entries a write invalidates meanwhile are
+    /// simply computed again when read.
+    pub async fn warm_summaries(self) {
+        let started = Instant::now();
+        let names = match self.list_repositories().await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing repositories to summarise them");
+                return;
+            }
+        };
+        let repos: Vec<RepositoryName> = names
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .take(MAX_ENTRIES)
+            .collect();
+        for chunk in repos.chunks(1000) {
+            if let Err(e) = self.repository_summaries(chunk).await {
+                tracing::warn!(error = %e, "summarising repositories; listings will read them when asked");
+                return;
+            }
+        }
+        tracing::info!(
+            repositories = repos.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "repository summaries ready"
+        );
     }
 
     pub fn summaries(&self) -> &Summaries {

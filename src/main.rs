@@ -384,6 +384,8 @@ async fn serve_registry(
         args.pull_count_flush
             .max(std::time::Duration::from_millis(100)),
     ));
+    // The web UI's listings read per-repository summaries; fill them before anyone asks.
+    tokio::spawn(state.store.clone().warm_summaries());
     let store = state.store.clone();
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "berth registry listening");

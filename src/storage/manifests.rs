@@ -141,11 +141,12 @@ impl Store {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self
+        let created = self
             .objects
             .put_opts(key, PutPayload::from(data), options)
-            .await
-        {
+            .await;
+        self.summaries.invalidate_key(key);
+        match created {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 let existing: TagLink = self

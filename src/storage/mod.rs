@@ -26,6 +26,7 @@ mod pipeline;
 pub mod pull_counts;
 mod read;
 mod repositories;
+pub mod summaries;
 mod sweep_gate;
 mod sync_state;
 mod tag_times;
@@ -84,6 +85,8 @@ pub struct Store {
     sweeps: SweepGate,
     /// Pull counts not yet written (see `pull_counts.rs`).
     pulls: Arc<pull_counts::PullCounter>,
+    /// What listings show of each repository, kept up to date by writes (see `summaries.rs`).
+    summaries: Arc<summaries::Summaries>,
 }
 
 impl Store {
@@ -99,6 +102,7 @@ impl Store {
                 .expect("the default budget holds an upload"),
             sweeps: SweepGate::default(),
             pulls: Arc::new(pull_counts::PullCounter::new("standalone")),
+            summaries: Arc::default(),
         }
     }
 
@@ -233,11 +237,14 @@ impl Store {
     }
 
     async fn put_bytes(&self, key: &Path, data: Bytes) -> Result<()> {
-        self.objects
+        let written = self
+            .objects
             .put_opts(key, PutPayload::from_bytes(data), PutOptions::default())
             .await
             .map(|_| ())
-            .map_err(|e| StorageError::backend("write", key, e))
+            .map_err(|e| StorageError::backend("write", key, e));
+        self.summaries.invalidate_key(key);
+        written
     }
 
     async fn put_json<T: Serialize>(&self, key: &Path, value: &T) -> Result<()> {
@@ -263,7 +270,9 @@ impl Store {
         if !self.exists(key).await? {
             return Ok(false);
         }
-        match self.os_delete(key).await {
+        let deleted = self.os_delete(key).await;
+        self.summaries.invalidate_key(key);
+        match deleted {
             Ok(()) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(StorageError::backend("delete", key, e)),

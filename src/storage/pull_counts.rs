@@ -134,6 +134,16 @@ impl PullCounter {
         std::mem::take(&mut guard.0)
     }
 
+    /// Unflushed pulls per repository (one pass over the bounded map).
+    pub fn pending_totals(&self) -> HashMap<RepositoryName, u64> {
+        let guard = self.pending.lock().expect("pull counter lock");
+        guard
+            .0
+            .iter()
+            .map(|(repo, digests)| (repo.clone(), digests.values().copied().sum()))
+            .collect()
+    }
+
     fn pending_for(&self, repo: &RepositoryName) -> HashMap<Digest, u64> {
         let guard = self.pending.lock().expect("pull counter lock");
         guard.0.get(repo).cloned().unwrap_or_default()
@@ -194,6 +204,16 @@ impl Store {
     /// The pull counts of `repo`: every replica's stored totals, plus what this replica
     /// has counted and not yet flushed.
     pub async fn pull_counts(&self, repo: &RepositoryName) -> Result<PullCounts> {
+        let mut counts = self.stored_pull_counts(repo).await?;
+        for (digest, n) in self.pulls.pending_for(repo) {
+            let count = counts.by_digest.entry(digest).or_default();
+            *count = count.saturating_add(n);
+        }
+        Ok(counts)
+    }
+
+    /// The pull counts of `repo` that every replica has written to storage.
+    pub async fn stored_pull_counts(&self, repo: &RepositoryName) -> Result<PullCounts> {
         let prefix = Key::PullCountsAll(repo).path();
         let (replicas, _) = self.list_children(&prefix).await?;
         let mut counts = PullCounts::default();
@@ -208,10 +228,6 @@ impl Store {
                     *count = count.saturating_add(n);
                 }
             }
-        }
-        for (digest, n) in self.pulls.pending_for(repo) {
-            let count = counts.by_digest.entry(digest).or_default();
-            *count = count.saturating_add(n);
         }
         Ok(counts)
     }

@@ -20,6 +20,7 @@ use crate::auth::Identity;
 use crate::oci::{Reference, RepositoryName, Tag};
 use crate::policy::{Action, Snapshot};
 use crate::registry::RegistryState;
+use crate::storage::summaries::RepositorySummary;
 
 /// Reads of per-repository or per-tag details run this many at once.
 const CONCURRENCY: usize = 16;
@@ -129,34 +130,21 @@ pub async fn namespaces(
             .or_default()
             .push(repo);
     }
-    let store = state.store.clone();
-    let mut pairs: Vec<(String, RepositoryName)> = Vec::new();
-    for (ns, repos) in &by_namespace {
-        for repo in repos {
-            pairs.push((ns.clone(), repo.clone()));
-        }
+    // Usage from the repository summaries: memory once known, not a listing and a
+    // link read per repository per request.
+    let all: Vec<RepositoryName> = by_namespace.values().flatten().cloned().collect();
+    let summaries = state.store.repository_summaries(&all).await?;
+    let mut usage: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for (repo, summary) in all.iter().zip(&summaries) {
+        let (t, b) = usage.entry(repo.namespace()).or_default();
+        *t = t.saturating_add(summary.tags);
+        *b = b.saturating_add(summary.bytes);
     }
-    let usage: Vec<(String, u64, u64)> = futures::stream::iter(pairs)
-        .map(|(ns, repo)| {
-            let store = store.clone();
-            async move {
-                let u = store.repository_usage(&repo).await?;
-                Ok::<_, ApiError>((ns, u.tags, u.bytes))
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect()
-        .await?;
     Ok(Json(
         by_namespace
             .into_iter()
             .map(|(name, repos)| {
-                let (tags, bytes) = usage
-                    .iter()
-                    .filter(|(ns, _, _)| *ns == name)
-                    .fold((0u64, 0u64), |(t, b), (_, tt, bb)| {
-                        (t.saturating_add(*tt), b.saturating_add(*bb))
-                    });
+                let (tags, bytes) = usage.get(name.as_str()).copied().unwrap_or_default();
                 let policy = snapshot.namespace(&name);
                 NamespaceView {
                     visibility: visibility_name(
@@ -190,19 +178,16 @@ pub struct RepositoryRow {
     pub pulls: u64,
 }
 
-async fn repository_row(
-    state: &RegistryState,
+fn repository_row(
     snapshot: &Snapshot,
     repo: RepositoryName,
-) -> ApiResult<(RepositoryRow, Option<Timestamp>)> {
-    let times = state.store.tag_times(&repo).await?;
-    let last = times.iter().map(|(_, t)| *t).max();
-    let pulls = state.store.pull_counts(&repo).await?.total();
+    summary: RepositorySummary,
+) -> (RepositoryRow, Option<Timestamp>) {
     let about = snapshot
         .repository(&repo)
         .map(|r| r.about.clone())
         .unwrap_or_default();
-    Ok((
+    (
         RepositoryRow {
             visibility: visibility_name(snapshot.visibility(&repo)),
             category: about.category,
@@ -211,13 +196,13 @@ async fn repository_row(
                 .as_deref()
                 .and_then(|d| d.lines().map(str::trim).find(|l| !l.is_empty()))
                 .map(|l| l.trim_start_matches('#').trim().chars().take(200).collect()),
-            tags: times.len(),
-            last_push: last.map(|t| t.to_string()),
-            pulls,
+            tags: summary.tags as usize,
+            last_push: summary.last_push.map(|t| t.to_string()),
+            pulls: summary.pulls,
             name: repo.to_string(),
         },
-        last,
-    ))
+        summary.last_push,
+    )
 }
 
 /// `GET /api/namespaces/{ns}/repositories?q=&sort=name|pushed|pulls|tags&page=&per_page=`
@@ -275,16 +260,18 @@ pub async fn repositories(
     }))
 }
 
+/// Rows of `repos`, from the store's repository summaries (memory, once known).
 async fn rows_of(
     state: &RegistryState,
     snapshot: &Snapshot,
     repos: Vec<RepositoryName>,
 ) -> ApiResult<Vec<(RepositoryRow, Option<Timestamp>)>> {
-    futures::stream::iter(repos)
-        .map(|repo| repository_row(state, snapshot, repo))
-        .buffered(CONCURRENCY)
-        .try_collect()
-        .await
+    let summaries = state.store.repository_summaries(&repos).await?;
+    Ok(repos
+        .into_iter()
+        .zip(summaries)
+        .map(|(repo, summary)| repository_row(snapshot, repo, summary))
+        .collect())
 }
 
 #[derive(Serialize)]

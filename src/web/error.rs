@@ -27,6 +27,9 @@ pub enum ApiCode {
     /// An upload past the size limit.
     TooLarge,
     TooManyRequests,
+    /// A cookie-authenticated write without the session's CSRF token, or sent from
+    /// another site.
+    CsrfRejected,
     Internal,
 }
 
@@ -42,6 +45,7 @@ impl ApiCode {
             ApiCode::CorruptTar => "CORRUPT_TAR",
             ApiCode::TooLarge => "TOO_LARGE",
             ApiCode::TooManyRequests => "TOOMANYREQUESTS",
+            ApiCode::CsrfRejected => "CSRF_REJECTED",
             ApiCode::Internal => "INTERNAL",
         }
     }
@@ -49,7 +53,7 @@ impl ApiCode {
     pub fn status(self) -> StatusCode {
         match self {
             ApiCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiCode::Denied => StatusCode::FORBIDDEN,
+            ApiCode::Denied | ApiCode::CsrfRejected => StatusCode::FORBIDDEN,
             ApiCode::NotFound => StatusCode::NOT_FOUND,
             ApiCode::BadRequest
             | ApiCode::NotAnImage
@@ -69,6 +73,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<HeaderValue>,
+    /// A `Set-Cookie` sent with the error (removing a session cookie that no longer works).
+    pub set_cookie: Option<Box<HeaderValue>>,
 }
 
 pub type ApiResult<T> = std::result::Result<T, ApiError>;
@@ -80,7 +86,15 @@ impl ApiError {
             code: code.as_str(),
             message: message.into(),
             retry_after: None,
+            set_cookie: None,
         }
+    }
+
+    /// The error, also removing the browser's session cookie (it no longer works, and
+    /// keeping it would fail every request, even for public pages).
+    pub fn clearing_session(mut self, secure: bool) -> Self {
+        self.set_cookie = Some(Box::new(super::session::cookie("", 0, secure)));
+        self
     }
 
     pub fn not_found(what: impl std::fmt::Display) -> Self {
@@ -103,6 +117,7 @@ impl From<RegistryError> for ApiError {
             code: e.code.as_str(),
             message: e.message,
             retry_after,
+            set_cookie: None,
         }
     }
 }
@@ -141,6 +156,9 @@ impl IntoResponse for ApiError {
             .into_response();
         if let Some(wait) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, wait);
+        }
+        if let Some(cookie) = self.set_cookie {
+            response.headers_mut().insert(header::SET_COOKIE, *cookie);
         }
         response
     }

@@ -5,6 +5,7 @@
 //! `upload/`), so the UI can do nothing a registry client could not.
 
 pub mod browse;
+pub mod csrf;
 pub mod delete;
 pub mod error;
 pub mod image;
@@ -37,7 +38,9 @@ pub fn router(state: WebState) -> Router {
     let api = Router::new()
         .route(
             "/api/session",
-            post(session::sign_in).get(session::who_am_i),
+            post(session::sign_in)
+                .get(session::who_am_i)
+                .delete(session::sign_out),
         )
         .route("/api/namespaces", get(browse::namespaces))
         .route(
@@ -52,6 +55,7 @@ pub fn router(state: WebState) -> Router {
                 .delete(repository_delete),
         )
         .with_state(state.clone())
+        .layer(middleware::from_fn(csrf::guard))
         .layer(middleware::from_fn(api_headers));
     Router::new().merge(api).merge(pages::router())
 }

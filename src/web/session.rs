@@ -1,19 +1,26 @@
 //! Who calls the web API, and UI sessions.
 //!
 //! Scripts send Basic credentials (checked by the registry's own bounded, throttled
-//! password check). The pages sign in once with `POST /api/session` and get a session
-//! token: a berth-signed token that grants nothing on `/v2/` (its only grant is the
-//! `berth-ui` session) and stands for the user's live permissions on the API. The page
-//! keeps it in `sessionStorage` and sends it as `Authorization: Bearer`; no cookie is
-//! involved, so a cross-site request carries no credentials at all (no CSRF), and the
-//! token ends with the tab, at its expiry, or when the password changes.
+//! password check). The pages sign in once with `POST /api/session`, which sets the
+//! session cookie `berth_session`: a berth-signed token that grants nothing on `/v2/`
+//! (its only grant is the `berth-ui` session) and stands for the user's live
+//! permissions on the API. The cookie is `HttpOnly` (no script reads it, so an
+//! injected script cannot carry it away), `SameSite=Strict` (no other site's page makes
+//! the browser send it), `Path=/`, and `Secure` when the client reached berth over TLS.
+//! It ends at its expiry, on sign-out, or when the password changes.
+//!
+//! A browser sends a cookie with every request to berth, so cookie-authenticated writes
+//! are guarded against cross-site request forgery (`csrf.rs`): each must carry the
+//! session's CSRF token in `X-Berth-CSRF`, which only a page of berth's own origin can
+//! learn (`POST`/`GET /api/session` return it; cross-origin reads are not allowed).
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +32,9 @@ use crate::registry::RegistryState;
 
 /// How long a UI session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+
+/// The session cookie's name.
+pub const COOKIE: &str = "berth_session";
 
 const SESSION_RESOURCE: &str = "berth-ui";
 const SESSION_NAME: &str = "session";
@@ -57,11 +67,34 @@ pub async fn caller(
             token: None,
         });
     }
-    let identity = state
-        .auth
-        .authenticate(headers, client)
-        .await
-        .map_err(auth_error)?;
+    let identity = if headers.contains_key(header::AUTHORIZATION) {
+        state
+            .auth
+            .authenticate(headers, client)
+            .await
+            .map_err(auth_error)?
+    } else if let Some(cookie) = session_cookie(headers) {
+        // The cookie's token is checked exactly as a bearer token would be.
+        let mut as_bearer = HeaderMap::new();
+        let value = HeaderValue::from_str(&format!("Bearer {cookie}")).map_err(|_| {
+            ApiError::new(ApiCode::Unauthorized, "the session cookie is malformed")
+                .clearing_session(over_tls(state, headers))
+        })?;
+        as_bearer.insert(header::AUTHORIZATION, value);
+        state
+            .auth
+            .authenticate(&as_bearer, client)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ApiCode::Unauthorized,
+                    format!("the UI session is no longer valid ({e}); sign in again"),
+                )
+                .clearing_session(over_tls(state, headers))
+            })?
+    } else {
+        Identity::nobody()
+    };
     if let Some(token) = &identity.token
         && !token.grants(SESSION_RESOURCE, SESSION_NAME, "*")
     {
@@ -105,13 +138,56 @@ pub struct SignIn {
     pub password: String,
 }
 
+/// What a sign-in answers. The session itself is in the cookie, out of the page's reach;
+/// the page keeps only the CSRF token, which is worthless without the cookie.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Session {
-    pub token: String,
     pub user: String,
     pub admin: bool,
     pub expires_at: String,
+    pub csrf_token: String,
+}
+
+/// The session token in the request's `berth_session` cookie, if any.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|value| !value.is_empty())
+}
+
+/// Whether the client reached berth over TLS: berth listens in plain HTTP behind a
+/// TLS-terminating proxy or ingress, which says so in `X-Forwarded-Proto`; a realm
+/// configured as `https://…` says the same.
+pub fn over_tls(state: &RegistryState, headers: &HeaderMap) -> bool {
+    let forwarded = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
+    forwarded
+        || state
+            .auth
+            .settings()
+            .realm
+            .as_deref()
+            .is_some_and(|r| r.starts_with("https://"))
+}
+
+/// The `Set-Cookie` value carrying a session for `max_age` seconds (0 removes it).
+pub fn cookie(token: &str, max_age: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
+        max_age.max(0)
+    ))
+    .expect("session tokens are base64url and dots")
 }
 
 /// `POST /api/session`: a UI session for a user name and password (or login-command
@@ -119,8 +195,9 @@ pub struct Session {
 pub async fn sign_in(
     State(state): State<RegistryState>,
     connect: Client,
+    headers: HeaderMap,
     Json(form): Json<SignIn>,
-) -> ApiResult<Json<Session>> {
+) -> ApiResult<Response> {
     let signed_in = state
         .auth
         .login(&form.username, &form.password, client(connect))
@@ -172,18 +249,43 @@ pub async fn sign_in(
     let expires_at = Timestamp::from_second(expires)
         .map(|t| t.to_string())
         .unwrap_or_default();
-    Ok(Json(Session {
-        token: token::encode(state.auth.key(), &claims),
-        user: name,
-        admin,
-        expires_at,
-    }))
+    let session = token::encode(state.auth.key(), &claims);
+    let set_cookie = cookie(
+        &session,
+        expires - now.as_second(),
+        over_tls(&state, &headers),
+    );
+    Ok((
+        [(header::SET_COOKIE, set_cookie)],
+        Json(Session {
+            csrf_token: super::csrf::token_for(&session),
+            user: name,
+            admin,
+            expires_at,
+        }),
+    )
+        .into_response())
+}
+
+/// `DELETE /api/session`: signs out (the cookie is removed; like any cookie-authenticated
+/// write, this needs the CSRF token, so no other site can sign a user out).
+pub async fn sign_out(State(state): State<RegistryState>, headers: HeaderMap) -> Response {
+    (
+        axum::http::StatusCode::NO_CONTENT,
+        [(
+            header::SET_COOKIE,
+            cookie("", 0, over_tls(&state, &headers)),
+        )],
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WhoAmI {
     pub signed_in: bool,
+    /// The CSRF token of the session cookie sent, for the page's writes.
+    pub csrf_token: Option<String>,
     pub user: Option<String>,
     pub admin: bool,
     pub open: bool,
@@ -199,6 +301,9 @@ pub async fn who_am_i(
     let admin = matches!(identity.caller, Caller::User { admin: true, .. });
     Ok(Json(WhoAmI {
         signed_in: identity.presented,
+        csrf_token: session_cookie(&headers)
+            .filter(|_| identity.presented && !headers.contains_key(header::AUTHORIZATION))
+            .map(super::csrf::token_for),
         user: identity.caller.name().map(str::to_string),
         admin,
         open: state.policy.current().open,

@@ -63,9 +63,16 @@ pub fn user_secret(name: &str, password: &str, admin: bool) -> String {
 impl Registry {
     /// `berth serve --config-dir` on a folder holding `config` (YAML), ready to serve.
     pub async fn start(config: &str) -> Registry {
+        Registry::start_with_args(config, &[]).await
+    }
+
+    /// The same, with more `berth serve` arguments.
+    pub async fn start_with_args(config: &str, args: &[&str]) -> Registry {
         let config_dir = tempfile::tempdir().unwrap();
         std::fs::write(config_dir.path().join("config.yaml"), config).unwrap();
-        let berth = Berth::start_with(&["--config-dir", config_dir.path().to_str().unwrap()], &[]);
+        let mut all = vec!["--config-dir", config_dir.path().to_str().unwrap()];
+        all.extend_from_slice(args);
+        let berth = Berth::start_with(&all, &[]);
         let registry = Registry {
             berth,
             config_dir,

@@ -1,6 +1,7 @@
 //! The pages in headless Chromium (Debian's package): what an anonymous visitor sees,
-//! a description whose script does not run, a private repository denied. Screenshots
-//! of the main pages are saved under `target/ui-screenshots/` as test artefacts.
+//! a description whose script does not run, a private repository denied. Its
+//! screenshots (`anonymous-*.png`) are saved under `target/tmp/ui-screenshots/`; the
+//! signed-in session's pages are in `clicks.rs`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -110,10 +111,18 @@ async fn an_anonymous_visitor_browses_public_content_and_no_description_script_r
     );
     assert!(!denied.contains("id=\"tags\""), "{denied}");
 
-    screenshot(&chromium, &format!("{url}/ui/"), "namespaces");
-    screenshot(&chromium, &format!("{url}/ui/r/pub/app"), "repository");
-    screenshot(&chromium, &format!("{url}/ui/t/pub/app/-/v1"), "tag");
-    screenshot(&chromium, &format!("{url}/ui/login"), "login");
+    screenshot(&chromium, &format!("{url}/ui/"), "anonymous-namespaces");
+    screenshot(
+        &chromium,
+        &format!("{url}/ui/r/pub/app"),
+        "anonymous-repository",
+    );
+    screenshot(
+        &chromium,
+        &format!("{url}/ui/t/pub/app/-/v1"),
+        "anonymous-tag",
+    );
+    screenshot(&chromium, &format!("{url}/ui/login"), "anonymous-login");
 }
 
 #[tokio::test]

@@ -11,6 +11,8 @@ mod registry;
 
 mod api;
 mod browser;
+mod cdp;
+mod clicks;
 mod tarball;
 mod upload;
 
@@ -77,11 +79,16 @@ pub fn auth(user: &str) -> String {
 }
 
 pub async fn start() -> Registry {
+    start_with_args(&[]).await
+}
+
+/// berth on the test configuration, with more `berth serve` arguments.
+pub async fn start_with_args(args: &[&str]) -> Registry {
     let mut config = CONFIG.to_string();
     for (user, admin) in USERS {
         config.push_str(&user_secret(user, &password(user), admin));
     }
-    Registry::start(&config).await
+    Registry::start_with_args(&config, args).await
 }
 
 /// An API call; `authorization` as sent (Basic or Bearer), or anonymous.

@@ -312,14 +312,14 @@ async fn skopeo_pulls_what_was_uploaded_and_the_pull_count_goes_up() {
 }
 
 /// A Docker daemon of the test's own (vfs storage, no networking of its own).
-struct Dockerd {
+pub struct Dockerd {
     child: Child,
     socket: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Dockerd {
-    fn start(dockerd: &Path) -> Option<Dockerd> {
+    pub fn start(dockerd: &Path) -> Option<Dockerd> {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("docker.sock");
         let child = Command::new(dockerd)
@@ -361,7 +361,7 @@ impl Dockerd {
         None
     }
 
-    fn docker(&self) -> Command {
+    pub fn docker(&self) -> Command {
         let mut cmd = Command::new("docker");
         cmd.arg("-H")
             .arg(format!("unix://{}", self.socket.display()));

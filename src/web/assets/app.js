@@ -3,7 +3,9 @@
 // markdown with every raw HTML tag escaped (see src/web/markdown.rs).
 "use strict";
 
-const TOKEN = "berth-session";
+// The session is an HttpOnly cookie this script cannot read; writes carry the session's
+// CSRF token (from /api/session) in X-Berth-CSRF, which no other site's page can learn.
+const CSRF = "berth-csrf";
 const main = () => document.getElementById("main");
 
 function el(tag, attrs, ...children) {
@@ -20,12 +22,12 @@ function el(tag, attrs, ...children) {
 }
 
 function headers() {
-  const token = sessionStorage.getItem(TOKEN);
-  return token ? { Authorization: "Bearer " + token } : {};
+  const token = sessionStorage.getItem(CSRF);
+  return token ? { "X-Berth-CSRF": token } : {};
 }
 
 async function api(method, path, body) {
-  const opts = { method, headers: headers() };
+  const opts = { method, headers: headers(), credentials: "same-origin" };
   if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
     opts.body = JSON.stringify(body);
@@ -34,7 +36,7 @@ async function api(method, path, body) {
   if (response.status === 204) return null;
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {
-    if (response.status === 401 && sessionStorage.getItem(TOKEN)) sessionStorage.removeItem(TOKEN);
+    if (response.status === 401) sessionStorage.removeItem(CSRF);
     const error = new Error((data.error && data.error.message) || response.statusText);
     error.status = response.status;
     throw error;
@@ -74,9 +76,15 @@ async function who() {
   const span = document.getElementById("who");
   try {
     const me = await api("GET", "/api/session");
+    if (me.csrfToken) sessionStorage.setItem(CSRF, me.csrfToken); else sessionStorage.removeItem(CSRF);
     if (me.signedIn) {
       span.replaceChildren("Signed in as ", el("b", { id: "user" }, me.user || ""),
-        el("button", { id: "sign-out", onclick: () => { sessionStorage.removeItem(TOKEN); go("/ui/"); } }, "Sign out"));
+        el("button", {
+          id: "sign-out", onclick: async () => {
+            await api("DELETE", "/api/session").catch(() => null);
+            sessionStorage.removeItem(CSRF); go("/ui/");
+          },
+        }, "Sign out"));
     } else if (!me.open) {
       span.replaceChildren(link("/ui/login", "Sign in"));
     } else {
@@ -97,7 +105,7 @@ function loginPage() {
       e.preventDefault();
       try {
         const session = await api("POST", "/api/session", { username: user.value, password: pass.value });
-        sessionStorage.setItem(TOKEN, session.token);
+        sessionStorage.setItem(CSRF, session.csrfToken);
         go("/ui/");
       } catch (err) {
         message.className = "error";
@@ -156,17 +164,23 @@ function copyButton(text, id) {
   return el("button", {
     id, "data-copy": text, onclick: async (e) => {
       const button = e.target;
-      try { await navigator.clipboard.writeText(text); button.textContent = "Copied"; }
+      // The page says what it copied (button text and data-copied), for the user and tests.
+      button.removeAttribute("data-copied");
+      try { await navigator.clipboard.writeText(text); button.textContent = "Copied"; button.dataset.copied = text; }
       catch (_) {
         const area = el("textarea", {}, text);
         document.body.append(area); area.select();
         const ok = document.execCommand && document.execCommand("copy");
         area.remove();
         button.textContent = ok ? "Copied" : "Copy failed";
+        if (ok) button.dataset.copied = text;
       }
     },
   }, "Copy");
 }
+
+// The outcome of the last upload, shown by the repository page it reloads.
+let uploaded = null;
 
 function uploadCard(repo, reload) {
   const file = el("input", { type: "file", id: "upload-file", accept: ".tar,.tgz,.gz,application/x-tar,application/gzip" });
@@ -179,14 +193,22 @@ function uploadCard(repo, reload) {
     xhr.open("POST", `/api/repositories/${enc(repo)}/-/upload?` + new URLSearchParams({ tag: tag.value }));
     for (const [k, v] of Object.entries(headers())) xhr.setRequestHeader(k, v);
     xhr.setRequestHeader("Content-Type", "application/octet-stream");
-    xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = Math.round((e.loaded / e.total) * 100); };
+    let events = 0;
+    xhr.upload.onprogress = (e) => {
+      if (!e.lengthComputable) return;
+      bar.value = Math.round((e.loaded / e.total) * 100);
+      bar.dataset.events = String(++events);
+      message.textContent = `Uploading… ${size(e.loaded)} of ${size(e.total)}`;
+    };
     message.className = ""; message.textContent = "Uploading…";
     xhr.onload = () => {
       let data = {};
       try { data = JSON.parse(xhr.responseText); } catch (_) { }
       if (xhr.status === 201) {
+        // Shown again by the reloaded page, which lists the new tag.
+        uploaded = { text: `Uploaded ${data.repository}:${data.tag} (${data.digest})`, events };
         message.className = "ok";
-        message.textContent = `Uploaded ${data.repository}:${data.tag} (${data.digest})`;
+        message.textContent = uploaded.text;
         reload();
       } else {
         message.className = "error";
@@ -196,7 +218,12 @@ function uploadCard(repo, reload) {
     xhr.onerror = () => { message.className = "error"; message.textContent = "The upload failed."; };
     xhr.send(file.files[0]);
   };
-  return el("div", { class: "card", id: "upload" }, el("h2", {}, "Upload an image"),
+  if (uploaded) {
+    message.className = "ok"; message.textContent = uploaded.text;
+    bar.value = 100; bar.dataset.events = String(uploaded.events);
+    uploaded = null;
+  }
+    return el("div", { class: "card", id: "upload" }, el("h2", {}, "Upload an image"),
     el("p", {}, "A docker save or OCI image-layout tar, plain or gzip, up to 2 GiB. An existing tag of that name is replaced."),
     el("div", { class: "toolbar" }, file, tag, el("button", { id: "upload-start", onclick: start }, "Upload"), bar), message);
 }

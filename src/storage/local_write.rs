@@ -213,6 +213,10 @@ fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// Creates `<dest>#<n>` with the first free `n`, and `dest`'s folders if missing.
 fn new_staged(dest: &Path) -> std::io::Result<(File, PathBuf)> {
+    // An empty session folder can be removed between creating it and creating the file
+    // in it (clean-up of abandoned uploads removes empty folders): create it again, a
+    // few times, rather than fail the request.
+    let mut folder_attempts = 0;
     for n in 1u32.. {
         let mut name = dest.as_os_str().to_owned();
         name.push(format!("#{n}"));
@@ -224,9 +228,13 @@ fn new_staged(dest: &Path) -> std::io::Result<(File, PathBuf)> {
         {
             Ok(file) => return Ok((file, staging)),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
+            Err(e) if e.kind() == ErrorKind::NotFound && folder_attempts < 5 => {
                 let parent = dest.parent().ok_or(e)?;
-                std::fs::create_dir_all(parent)?;
+                folder_attempts += 1;
+                match std::fs::create_dir_all(parent) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
             }
             Err(e) => return Err(e),
         }

@@ -19,6 +19,7 @@
 #   RUST_LOG           berth's log filter (default warn: no per-request logging)
 #   CARGO_TARGET_DIR   where cargo builds (default target/); the release berth runs from there
 #   BERTH_BINARY       run this berth binary instead of building one (to compare two builds)
+#   BENCH_BINARY       run this already built bench executable instead of building it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -63,7 +64,13 @@ else
   BERTH_BINARY="${CARGO_TARGET_DIR:-target}/release/berth"
   BERTH_VERSION=$(git describe --always --dirty 2>/dev/null || echo unknown)
 fi
-cargo bench --bench registry --no-run
+if [ -n "${BENCH_BINARY:-}" ]; then
+  [ -x "$BENCH_BINARY" ] || die "BENCH_BINARY=$BENCH_BINARY is not an executable"
+  bench() { "$BENCH_BINARY" --bench "$@"; }
+else
+  cargo bench --bench registry --no-run
+  bench() { cargo bench --bench registry -- "$@"; }
+fi
 
 
 WORK=$(mktemp -d /tmp/berth-bench.XXXXXX)
@@ -195,7 +202,7 @@ for storage in "${STORAGES[@]}"; do
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ); uptime:$(uptime)"
   echo "distribution: $PEER_VERSION"
   echo "berth: $BERTH_VERSION"
-  cargo bench --bench registry -- \
+  bench \
     --berth "$BERTH_URL" --berth-pid "$BERTH_PID" \
     --peer "$PEER_URL" --peer-pid "$PEER_PID" --peer-name distribution \
     --storage-note "$STORAGE_NOTE" "$@"

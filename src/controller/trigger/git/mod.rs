@@ -411,6 +411,91 @@ pub fn render_message(template: &str, values: &[(&str, &str)]) -> String {
 mod tests {
     use super::*;
 
+    /// A bare repository with `kustomization.yaml` on main, reached by its path
+    /// (libgit2's local transport).
+    fn repository(root: &Path) -> String {
+        let bare = Repository::init_bare(root.join("repo.git")).unwrap();
+        let blob = bare.blob(b"images:\n- name: web\n  newTag: v0\n").unwrap();
+        let mut tree = bare.treebuilder(None).unwrap();
+        tree.insert("kustomization.yaml", blob, 0o100644).unwrap();
+        let tree = bare.find_tree(tree.write().unwrap()).unwrap();
+        let who = Signature::now("seed", "seed@example.com").unwrap();
+        bare.commit(Some("refs/heads/main"), &who, &who, "seed", &tree, &[])
+            .unwrap();
+        root.join("repo.git").to_str().unwrap().to_string()
+    }
+
+    fn request(url: &str, tag: &str, second: i64) -> Request {
+        let edits = vec![(
+            vec![
+                edit::Segment::key("images"),
+                edit::Segment::Item {
+                    key: "name".into(),
+                    value: "web".into(),
+                },
+                edit::Segment::key("newTag"),
+            ],
+            tag.to_string(),
+        )];
+        Request {
+            url: url.into(),
+            branch: "main".into(),
+            path: "kustomization.yaml".into(),
+            credentials: None,
+            author_name: "berth".into(),
+            author_email: "berth@example.com".into(),
+            message: format!("Deploy {tag}"),
+            trigger: "ns/web".into(),
+            tag: tag.into(),
+            digest: format!("sha256:{tag}"),
+            pushed_at: Timestamp::from_second(second).unwrap(),
+            edit: Box::new(move |text| edit::set_values(text, &edits)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_push_commits_once_and_an_older_push_arriving_later_gives_way() {
+        let root = tempfile::tempdir().unwrap();
+        // The cache folder is keyed by the URL: a fresh temporary path, a fresh cache.
+        let url = repository(root.path());
+        let v2 = write_back(request(&url, "v2", 200)).await.unwrap();
+        let Outcome::Committed { commit, attempts } = v2 else {
+            panic!("{v2:?}")
+        };
+        assert_eq!(attempts, 1);
+        assert_eq!(
+            write_back(request(&url, "v2", 200)).await.unwrap(),
+            Outcome::AlreadyCurrent {
+                head: commit.clone()
+            },
+            "the same push again commits nothing"
+        );
+        // A replica that took v1 (pushed before v2) fires after v2 was committed.
+        assert_eq!(
+            write_back(request(&url, "v1", 100)).await.unwrap(),
+            Outcome::Superseded {
+                commit: commit.clone(),
+                tag: "v2".into()
+            }
+        );
+        let bare = Repository::open_bare(root.path().join("repo.git")).unwrap();
+        let head = bare.refname_to_id("refs/heads/main").unwrap();
+        assert_eq!(head.to_string(), commit);
+        let message = bare
+            .find_commit(head)
+            .unwrap()
+            .message()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.starts_with("Deploy v2\n\nBerth-Trigger: ns/web\n"),
+            "{message}"
+        );
+        // A newer push still commits.
+        let v3 = write_back(request(&url, "v3", 300)).await.unwrap();
+        assert!(matches!(v3, Outcome::Committed { .. }), "{v3:?}");
+    }
+
     #[test]
     fn the_message_template_takes_tag_digest_and_repository() {
         let text = render_message(

@@ -729,7 +729,7 @@ async fn statefulsets_and_daemonsets_are_rolled_out_too() {
 }
 
 /// Waits for `/readyz`: the folder's configuration and users are loaded.
-async fn wait_until_ready(url: &str) {
+pub(crate) async fn wait_until_ready(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while reqwest::get(format!("{url}/readyz"))
         .await

@@ -559,3 +559,63 @@ async fn argocd_mode_sets_the_applications_kustomize_image_and_helm_parameters()
     assert_eq!(now, generation);
     assert_eq!(history(&cluster, "kustomize").await.len(), 1);
 }
+
+#[tokio::test]
+async fn standalone_serve_commits_a_push_from_a_trigger_in_its_config_folder() {
+    let Some(cluster) = TestCluster::start("writeback-standalone").await else {
+        return;
+    };
+    let (Some(skopeo), Some(git)) = (require_tool("skopeo"), require_tool("git")) else {
+        return;
+    };
+    let repo = GitRepo::new(&git, "main", &[("web/values.yaml", VALUES)]);
+    let daemon = GitDaemon::start(&git, &repo);
+    let team = cluster.unique("team");
+    let repository = format!("{team}/web");
+    let folder = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "apiVersion: berth.dev/v1alpha1\nkind: Namespace\nmetadata: {{name: {team}}}\nspec: {{}}\n\
+         ---\n\
+         apiVersion: berth.dev/v1alpha1\nkind: Trigger\nmetadata: {{name: web}}\n\
+         spec:\n  repository: {repository}\n  writeBack:\n    mode: Git\n    git:\n      url: {url}\n      path: web/values.yaml\n      helm: {{tag: image.tag}}\n\
+         ---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: admin, labels: {{berth.dev/user: \"true\"}}}}\n\
+         stringData: {{username: {user}, password: {password}, admin: \"true\"}}\n",
+        url = daemon.url,
+        user = crate::operator::ADMIN_USER,
+        password = crate::operator::ADMIN_PASSWORD,
+    );
+    std::fs::write(folder.path().join("berth.yaml"), yaml).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let serve = crate::common::Berth::start_with(
+        &[
+            "--config-dir",
+            folder.path().to_str().unwrap(),
+            "--kubeconfig",
+            cluster.kubeconfig_path().to_str().unwrap(),
+        ],
+        &[("BERTH_GIT_CACHE", cache.path().to_str().unwrap())],
+    );
+    crate::triggers::wait_until_ready(&serve.url()).await;
+    let digest = skopeo_push(&skopeo, &serve.addr, &repository, "v1", "v1");
+    let expected = VALUES.replace("  tag: v0\n", &format!("  tag: v1@{digest}\n"));
+    crate::triggers::wait_for(
+        "the push committed into the values file",
+        std::time::Duration::from_secs(30),
+        || {
+            let now = repo.show("main", "web/values.yaml");
+            let expected = expected.clone();
+            async move { (now == expected).then_some(()).ok_or(now) }
+        },
+    )
+    .await;
+    tokio::time::sleep(QUIET).await;
+    let log = repo.log("main", "%an|%s");
+    assert_eq!(
+        log,
+        [
+            "berth|Deploy ".to_string() + &repository + ":v1",
+            "seed|seed".into()
+        ]
+    );
+}

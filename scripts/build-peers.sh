@@ -105,9 +105,10 @@ SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 : "${MINIO_VERSION:=v0.0.0-20260212201848-7aac2a2c5b7c}" # master 2026-02-12; RELEASE.2025-10-15T17-29-55Z (9e49d5e7a648) is 403
 : "${DISTRIBUTION_VERSION:=v3.1.1}"
 : "${HELM_VERSION:=v3.21.4}"
+: "${ARGOCD_VERSION:=v3.1.0}" # the Application CRD for the Trigger write-back tests
 : "${HELM_K8S_VERSION:=1.33}" # what offline `helm template`/`helm lint` take as the cluster version
 
-DEFAULT_TOOLS=(oci-conformance crane oras regctl minio helm distribution gitops-check argocd)
+DEFAULT_TOOLS=(oci-conformance crane oras regctl minio helm distribution gitops-check argocd argocd-crd)
 ALL_TOOLS=("${DEFAULT_TOOLS[@]}")
 
 VERSIONS_DIR="$BERTH_BIN/.versions"
@@ -238,6 +239,15 @@ provide_argocd() {
   done
 }
 
+# Argo CD's Application CRD, from the github.com/argoproj/argo-cd/v3 module (a YAML
+# file, not a binary: provided like one so it is cached and versioned the same way).
+build_argocd_crd() {
+  local src
+  src="$(module_dir "github.com/argoproj/argo-cd/v3@$ARGOCD_VERSION")" || return 1
+  cp "$src/manifests/crds/application-crd.yaml" "$1"
+  chmod 0755 "$1"
+}
+
 build_tool() {
   case "$1" in
     oci-conformance) provide oci-conformance.test "oci-conformance-$OCI_CONFORMANCE_VERSION.test" build_oci_conformance ;;
@@ -249,6 +259,7 @@ build_tool() {
     helm)            provide helm "helm-$HELM_VERSION-k8s$HELM_K8S_VERSION" build_helm ;;
     argocd)          provide_argocd ;;
     gitops-check)    provide berth-gitops-check "berth-gitops-check-$(cat "$SCRIPTS_DIR"/gitops-check/{go.mod,go.sum,main.go} | sha256sum | cut -c1-12)" build_gitops_check ;;
+    argocd-crd)      provide argocd-application-crd.yaml "argocd-application-crd-$ARGOCD_VERSION.yaml" build_argocd_crd ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
   esac
 }

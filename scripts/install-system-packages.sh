@@ -31,6 +31,8 @@ PACKAGES=(
   redis-server git
   # the Go module proxy and HTTPS in general; flock for locking; curl for probes
   ca-certificates util-linux curl openssl
+  # Trigger write-back tests: the Git server (git daemon, git http-backend) and checks
+  git
 )
 
 SUDO=()

@@ -27,8 +27,9 @@ pub use sync_rule::{
     SyncRuleSpec, SyncRuleStatus, SyncRun,
 };
 pub use trigger::{
-    ContainerImage, ImageReference, TagMatch, TagMatchMode, Trigger, TriggerFiring, TriggerSpec,
-    TriggerStatus, TriggerTarget, WorkloadKind,
+    ArgoCdWriteBack, ContainerImage, GitAuthor, GitWriteBack, HelmValues, ImageReference,
+    KustomizeImage, LocalSecretReference, Marker, TagMatch, TagMatchMode, Trigger, TriggerFiring,
+    TriggerSpec, TriggerStatus, TriggerTarget, WorkloadKind, WriteBack, WriteBackMode,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

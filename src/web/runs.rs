@@ -155,7 +155,10 @@ impl Cluster {
                 Some(TriggerRollout {
                     namespace: t.metadata.namespace.clone().unwrap_or_default(),
                     name: t.metadata.name.clone().unwrap_or_default(),
-                    target: format!("{:?}/{}", t.spec.target.kind, t.spec.target.name),
+                    target: match &t.spec.target {
+                        Some(target) => format!("{:?}/{}", target.kind, target.name),
+                        None => format!("{:?}", t.spec.mode()),
+                    },
                     history,
                 })
             })

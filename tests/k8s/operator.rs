@@ -46,6 +46,8 @@ impl Operator {
         let pod_name = cluster.unique(&format!("berth-operator-{replica}"));
         let pod_namespace = cluster.namespace().to_string();
         let kubeconfig = cluster.kubeconfig_path().to_str().expect("UTF-8 path");
+        // Its own Git cache, as each Pod has its own /tmp.
+        let git_cache = cluster.dir().join(format!("git-cache-{pod_name}"));
         let berth = Berth::start_subcommand(
             "operator",
             extra_args,
@@ -53,6 +55,7 @@ impl Operator {
                 ("KUBECONFIG", kubeconfig),
                 ("POD_NAMESPACE", &pod_namespace),
                 ("POD_NAME", &pod_name),
+                ("BERTH_GIT_CACHE", git_cache.to_str().expect("UTF-8 path")),
             ],
         );
         let operator = Operator {

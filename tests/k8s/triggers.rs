@@ -23,7 +23,7 @@ use crate::resources::berth;
 
 /// How long a "nothing happens" check waits: far beyond the push-to-patch time (well
 /// under a second) and the rollout of a kwok Deployment (a few seconds).
-const QUIET: Duration = Duration::from_secs(4);
+pub(crate) const QUIET: Duration = Duration::from_secs(4);
 
 /// An operator that manages only this test's resources.
 pub(crate) fn operator(cluster: &TestCluster, extra: &[&str]) -> Operator {
@@ -124,7 +124,7 @@ fn deployments(cluster: &TestCluster) -> Api<Deployment> {
     Api::namespaced(cluster.client(), cluster.namespace())
 }
 
-fn triggers(cluster: &TestCluster) -> Api<Trigger> {
+pub(crate) fn triggers(cluster: &TestCluster) -> Api<Trigger> {
     Api::namespaced(cluster.client(), cluster.namespace())
 }
 
@@ -146,12 +146,17 @@ async fn image_of(cluster: &TestCluster, name: &str) -> (String, i64) {
 
 /// Creates a Trigger (labelled for this test's operator) and waits until its Ready
 /// condition has the given reason.
-async fn trigger(cluster: &TestCluster, name: &str, spec: Value, reason: &str) -> Trigger {
+pub(crate) async fn trigger(
+    cluster: &TestCluster,
+    name: &str,
+    spec: Value,
+    reason: &str,
+) -> Trigger {
     cluster.create(&berth("Trigger", name, spec)).await.unwrap();
     wait_condition(cluster, name, reason).await
 }
 
-async fn wait_condition(cluster: &TestCluster, name: &str, reason: &str) -> Trigger {
+pub(crate) async fn wait_condition(cluster: &TestCluster, name: &str, reason: &str) -> Trigger {
     let api = triggers(cluster);
     wait_for(
         &format!("Trigger {name} Ready with reason {reason}"),
@@ -176,14 +181,14 @@ async fn wait_condition(cluster: &TestCluster, name: &str, reason: &str) -> Trig
     .await
 }
 
-async fn history(cluster: &TestCluster, name: &str) -> Vec<TriggerFiring> {
+pub(crate) async fn history(cluster: &TestCluster, name: &str) -> Vec<TriggerFiring> {
     let t = triggers(cluster).get(name).await.unwrap();
     t.status.map(|s| s.history).unwrap_or_default()
 }
 
 /// Waits until the newest firing of the trigger is for `tag` and has `result`;
 /// returns the history.
-async fn wait_result(
+pub(crate) async fn wait_result(
     cluster: &TestCluster,
     name: &str,
     tag: &str,
@@ -216,7 +221,7 @@ async fn wait_image(cluster: &TestCluster, name: &str, image: &str) -> i64 {
     .await
 }
 
-async fn metric(url: &str, prefix: &str) -> f64 {
+pub(crate) async fn metric(url: &str, prefix: &str) -> f64 {
     let text = reqwest::get(format!("{url}/metrics"))
         .await
         .unwrap()
@@ -724,7 +729,7 @@ async fn statefulsets_and_daemonsets_are_rolled_out_too() {
 }
 
 /// Waits for `/readyz`: the folder's configuration and users are loaded.
-async fn wait_until_ready(url: &str) {
+pub(crate) async fn wait_until_ready(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while reqwest::get(format!("{url}/readyz"))
         .await

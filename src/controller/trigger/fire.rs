@@ -13,10 +13,12 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
 use super::Env;
-use super::history::{self, PROGRESSING, StatusSink};
+use super::history::{self, APPLIED, COMMITTED, PROGRESSING, StatusSink};
 use super::select::{image_for, select_containers};
 use super::workload::{ImageChange, LastPush, Workload, is_conflict};
-use crate::api::{ContainerImage, ImageReference, Trigger, TriggerFiring};
+use super::write_back::{self, Written};
+use crate::api::{ContainerImage, ImageReference, Trigger, TriggerFiring, WriteBackMode};
+use crate::controller::status::Health;
 
 /// How many times a patch is retried after conflicts.
 const ATTEMPTS: usize = 10;
@@ -77,18 +79,23 @@ pub async fn fire(env: &Env, trigger: &Trigger, push: &Push) -> Result<Fired, ku
     let spec = &trigger.spec;
     let namespace = namespace_of(trigger);
     let name = trigger.name_any();
+    let Some(target) = spec.target.as_ref() else {
+        return Ok(Fired::TargetNotFound(
+            "spec.target is required in writeBack mode Cluster".into(),
+        ));
+    };
     for attempt in 1..=ATTEMPTS {
         let Some(workload) =
-            Workload::get(&env.client, &namespace, spec.target.kind, &spec.target.name).await?
+            Workload::get(&env.client, &namespace, target.kind, &target.name).await?
         else {
             return Ok(Fired::TargetNotFound(format!(
                 "{:?} {namespace}/{} does not exist",
-                spec.target.kind, spec.target.name
+                target.kind, target.name
             )));
         };
         let selected = match select_containers(
             &workload.containers(),
-            spec.target.container.as_deref(),
+            target.container.as_deref(),
             &spec.repository,
             &env.hosts,
         ) {
@@ -213,14 +220,18 @@ fn taken_over(
     })
 }
 
-/// Fires, counts and logs the outcome, and records a patch in the trigger's history.
-/// Returns the conflict when another field manager has taken the image over.
+/// Fires, counts and logs the outcome, and records a patch (or commit) in the
+/// trigger's history. Returns the health the firing found when it is not Ready: another
+/// field manager took the image over, or a write-back failed.
 pub async fn fire_and_record(
     env: &Env,
     trigger: &Trigger,
     push: &Push,
     sink: &StatusSink,
-) -> Result<Option<String>, kube::Error> {
+) -> Result<Option<Health>, kube::Error> {
+    if trigger.spec.mode() != WriteBackMode::Cluster {
+        return write_back_and_record(env, trigger, push, sink).await;
+    }
     let key = history::key(trigger);
     let fired = match fire(env, trigger, push).await {
         Ok(f) => f,
@@ -270,6 +281,7 @@ pub async fn fire_and_record(
                 pushed_at: MicroTime(push.pushed_at),
                 patched_at: Some(MicroTime(patched_at)),
                 latency_ms: Some(latency_ms),
+                commit: None,
                 revision: generation,
                 result: PROGRESSING.into(),
                 finished_at: None,
@@ -315,10 +327,139 @@ pub async fn fire_and_record(
         }
         Fired::TakenOver(why) => {
             tracing::debug!(trigger = %key, tag = %push.tag, "not applied again: {why}");
-            return Ok(Some(why));
+            return Ok(Some(Health::stalled("ImageConflict", why)));
         }
     }
     Ok(None)
+}
+
+/// Writes the push back into Git or an Argo CD Application, and records it: a history
+/// entry with the commit, an Event, and (on the fast path) the Ready condition, so a
+/// failure shows at once and a success after one clears it.
+async fn write_back_and_record(
+    env: &Env,
+    trigger: &Trigger,
+    push: &Push,
+    sink: &StatusSink,
+) -> Result<Option<Health>, kube::Error> {
+    let key = history::key(trigger);
+    let count = |result| {
+        if !push.caught_up {
+            env.metrics.firing(result)
+        }
+    };
+    let generation = trigger.metadata.generation;
+    let (health, firing) = match write_back::write(env, trigger, push).await {
+        Ok(Written::AlreadyCurrent) => {
+            count("AlreadyCurrent");
+            tracing::debug!(trigger = %key, tag = %push.tag, "the write-back target already holds the pushed image");
+            return Ok(None);
+        }
+        Ok(Written::Superseded(why)) => {
+            count("Superseded");
+            tracing::info!(trigger = %key, tag = %push.tag, "not written: {why}");
+            return Ok(None);
+        }
+        Ok(written) => {
+            let done = Timestamp::now();
+            let latency = done.duration_since(push.pushed_at);
+            env.metrics.patched(latency.as_secs_f64());
+            let latency_ms = latency.as_millis() as i64;
+            let image = write_back::image_name(env, trigger);
+            let (result, commit, revision, message) = match written {
+                Written::Committed { commit, attempts } => {
+                    count("Committed");
+                    let retried = if attempts > 1 {
+                        format!(" ({attempts} attempts: the branch moved meanwhile)")
+                    } else {
+                        String::new()
+                    };
+                    let message = format!("committed {image}:{} as {commit}{retried}", push.tag);
+                    (COMMITTED, Some(commit), None, message)
+                }
+                Written::Applied { generation } => {
+                    count("Applied");
+                    let message = format!("set {image}:{} on the Application", push.tag);
+                    (APPLIED, None, generation, message)
+                }
+                Written::AlreadyCurrent | Written::Superseded(_) => unreachable!("returned above"),
+            };
+            tracing::info!(trigger = %key, tag = %push.tag, digest = %push.digest, latency_ms, caught_up = push.caught_up, "{message}");
+            let firing = TriggerFiring {
+                tag: push.tag.clone(),
+                digest: push.digest.clone(),
+                pushed_at: MicroTime(push.pushed_at),
+                patched_at: Some(MicroTime(done)),
+                latency_ms: Some(latency_ms),
+                commit,
+                revision,
+                result: result.into(),
+                finished_at: Some(MicroTime(done)),
+                message: Some(message),
+                previous_images: Vec::new(),
+            };
+            let health = Health::ready("Watching", write_back::describe(env, trigger));
+            (health, Some(firing))
+        }
+        Err(failure) => {
+            count(failure.reason);
+            tracing::warn!(trigger = %key, tag = %push.tag, reason = failure.reason, "write-back failed: {}", failure.message);
+            if !push.caught_up {
+                let note = format!("{}@{}: {}", push.tag, push.digest, failure.message);
+                env.events
+                    .publish(
+                        trigger,
+                        EventType::Warning,
+                        failure.reason,
+                        "WriteBack",
+                        note,
+                    )
+                    .await;
+            }
+            let health = if failure.stalled {
+                Health::stalled(failure.reason, failure.message)
+            } else {
+                Health::waiting(failure.reason, failure.message)
+            };
+            (health, None)
+        }
+    };
+    let limit = trigger.spec.history_limit.max(1) as usize;
+    let before = sink.current(trigger).conditions;
+    // The leader's reconcile writes the conditions of a catch-up; the fast path its own.
+    let fast = !push.caught_up;
+    let wrote = sink
+        .update(trigger, |status| {
+            if let Some(firing) = &firing {
+                history::record(status, firing, limit);
+            }
+            if fast {
+                health.apply_to(&mut status.conditions, generation);
+            }
+        })
+        .await?;
+    if let Some(firing) = &firing {
+        let reason = if firing.commit.is_some() {
+            "Committed"
+        } else {
+            "Applied"
+        };
+        let note = format!(
+            "{}@{} pushed {} ms before: {}",
+            push.tag,
+            push.digest,
+            firing.latency_ms.unwrap_or_default(),
+            firing.message.as_deref().unwrap_or_default()
+        );
+        env.events
+            .publish(trigger, EventType::Normal, reason, "WriteBack", note)
+            .await;
+    }
+    if wrote && fast {
+        let after = health.conditions(&before, generation);
+        env.events.condition_changes(trigger, &before, &after).await;
+    }
+    Ok((firing.is_none()).then_some(health))
 }
 
 /// A Warning Event for a push that could not be applied (a catch-up finding the same
@@ -374,9 +515,12 @@ pub async fn roll_back(
     let spec = &trigger.spec;
     let namespace = namespace_of(trigger);
     let name = trigger.name_any();
+    let Some(target) = spec.target.as_ref() else {
+        return Ok(Default::default());
+    };
     for attempt in 1..=ATTEMPTS {
         let Some(workload) =
-            Workload::get(&env.client, &namespace, spec.target.kind, &spec.target.name).await?
+            Workload::get(&env.client, &namespace, target.kind, &target.name).await?
         else {
             return Ok(Vec::new());
         };
@@ -419,9 +563,12 @@ pub async fn mark_failed(
     let spec = &trigger.spec;
     let namespace = namespace_of(trigger);
     let name = trigger.name_any();
+    let Some(target) = spec.target.as_ref() else {
+        return Ok(());
+    };
     for attempt in 1..=ATTEMPTS {
         let Some(workload) =
-            Workload::get(&env.client, &namespace, spec.target.kind, &spec.target.name).await?
+            Workload::get(&env.client, &namespace, target.kind, &target.name).await?
         else {
             return Ok(());
         };

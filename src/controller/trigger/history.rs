@@ -24,6 +24,10 @@ pub const SUCCEEDED: &str = "Succeeded";
 pub const FAILED: &str = "Failed";
 pub const ROLLED_BACK: &str = "RolledBack";
 pub const SUPERSEDED: &str = "Superseded";
+/// Write-back mode Git: the commit was pushed.
+pub const COMMITTED: &str = "Committed";
+/// Write-back mode ArgoCD: the Application was updated.
+pub const APPLIED: &str = "Applied";
 
 /// How many times a status write is retried after conflicts.
 const ATTEMPTS: usize = 10;
@@ -212,6 +216,7 @@ mod tests {
             pushed_at: MicroTime(Timestamp::from_second(second).unwrap()),
             patched_at: None,
             latency_ms: None,
+            commit: None,
             revision: None,
             result: PROGRESSING.into(),
             finished_at: None,

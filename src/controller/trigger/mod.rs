@@ -21,6 +21,7 @@
 //! `--registry-host`).
 
 mod fire;
+pub mod git;
 mod history;
 mod metrics;
 mod queues;
@@ -28,6 +29,7 @@ mod reconcile;
 mod select;
 pub mod standalone;
 mod workload;
+mod write_back;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -112,8 +114,10 @@ fn targeting<K: Resource>(
             .iter()
             .filter(|t| {
                 t.namespace() == namespace
-                    && t.spec.target.kind == kind
-                    && t.spec.target.name == name
+                    && t.spec
+                        .target
+                        .as_ref()
+                        .is_some_and(|target| target.kind == kind && target.name == name)
             })
             .map(|t| ObjectRef::from_obj(t.as_ref()))
             .collect()

@@ -13,7 +13,10 @@ use super::fire::{Push, carries, fire_and_record, mark_failed, namespace_of, rol
 use super::history::{self, FAILED, PROGRESSING, ROLLED_BACK, SUCCEEDED, SUPERSEDED, StatusSink};
 use super::select::{TagFilter, select_containers};
 use super::workload::{Rollout, Workload};
-use crate::api::{ImageReference, TagMatchMode, Trigger, TriggerFiring, WorkloadKind};
+use super::write_back;
+use crate::api::{
+    ImageReference, TagMatchMode, Trigger, TriggerFiring, WorkloadKind, WriteBackMode,
+};
 use crate::controller::Error;
 use crate::controller::status::Health;
 use crate::oci::{RepositoryName, Tag};
@@ -80,7 +83,18 @@ async fn act(
         let message = "the trigger is disabled (spec.enabled is false): pushes change nothing";
         return Ok((Health::suspended("Disabled", message), None));
     }
-    let target = &spec.target;
+    if spec.mode() != WriteBackMode::Cluster {
+        // No workload to check or follow: the GitOps tool rolls it out.
+        if let Some(health) = catch_up(env, trigger, &filter, sink).await? {
+            return Ok((health, None));
+        }
+        let health = Health::ready("Watching", write_back::describe(env, trigger));
+        return Ok((health, None));
+    }
+    let Some(target) = &spec.target else {
+        let message = "spec.target is required in writeBack mode Cluster";
+        return Ok((Health::stalled("InvalidSpec", message), None));
+    };
     let Some(workload) = Workload::get(&env.client, &namespace, target.kind, &target.name).await?
     else {
         let message = format!(
@@ -100,10 +114,10 @@ async fn act(
         return Ok((Health::stalled("NoMatchingContainer", message), None));
     }
     let progressing = follow(env, trigger, &workload, sink).await?;
-    if let Some(conflict) = catch_up(env, trigger, &filter, sink).await? {
-        // Reported, not fought: a GitOps tool that took the field back with
-        // --force-conflicts would otherwise trade the image with berth for ever.
-        return Ok((Health::stalled("ImageConflict", conflict), None));
+    if let Some(health) = catch_up(env, trigger, &filter, sink).await? {
+        // An image conflict is reported, not fought: a GitOps tool that took the field
+        // back with --force-conflicts would otherwise trade the image with berth for ever.
+        return Ok((health, None));
     }
     let health = Health::ready("Watching", describe(trigger, &workload));
     Ok((health, progressing))
@@ -112,7 +126,7 @@ async fn act(
 /// `rolls out Deployment ns/web (container web) on pushes of team-a/web tags matching ^v.*$, pinned by digest`
 fn describe(trigger: &Trigger, workload: &Workload) -> String {
     let spec = &trigger.spec;
-    let containers = match &spec.target.container {
+    let containers = match spec.target.as_ref().and_then(|t| t.container.as_ref()) {
         Some(c) => format!("container {c}"),
         None => "every container using it".into(),
     };
@@ -229,13 +243,14 @@ async fn conclude(
 
 /// Fires for the most recently pushed matching tag if the workload does not run it
 /// (unless that very push failed, or someone took the image over after berth applied
-/// it: see [`fire`](super::fire::fire)). Returns that conflict, if there is one.
+/// it: see [`fire`](super::fire::fire)). In a write-back mode, fires when the history
+/// does not record that push yet. Returns the health found when it is not Ready.
 async fn catch_up(
     env: &Env,
     trigger: &Trigger,
     filter: &TagFilter,
     sink: &StatusSink,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<Health>, Error> {
     let Ok(repository) = trigger.spec.repository.parse::<RepositoryName>() else {
         return Ok(None);
     };
@@ -256,5 +271,14 @@ async fn catch_up(
         return Ok(None); // deleted since the listing
     };
     let push = Push::new(tag, link.digest.to_string(), pushed_at, true);
+    let written_before = sink
+        .current(trigger)
+        .history
+        .iter()
+        .any(|f| f.tag == push.tag && f.digest == push.digest);
+    if trigger.spec.mode() != WriteBackMode::Cluster && written_before {
+        // Recorded as written: no fetch of the repository at every resync.
+        return Ok(None);
+    }
     Ok(fire_and_record(env, trigger, &push, sink).await?)
 }

@@ -195,7 +195,11 @@ async fn run_without_cluster(
             _ = poll.tick() => {
                 for trigger in triggers.refresh() {
                     if warned.insert(history::key(&trigger)) {
-                        let target = &trigger.spec.target;
+                        let target = trigger.spec.target.clone().unwrap_or_else(|| crate::api::TriggerTarget {
+                            kind: Default::default(),
+                            name: "(none: writeBack)".into(),
+                            container: None,
+                        });
                         tracing::warn!(
                             trigger = %history::key(&trigger),
                             "Trigger {} has no cluster: berth serve was started without --kubeconfig, \
@@ -220,8 +224,8 @@ async fn run_without_cluster(
                                  {:?} {} is not updated",
                                 event.repository,
                                 history::key(&trigger),
-                                trigger.spec.target.kind,
-                                trigger.spec.target.name,
+                                trigger.spec.target.as_ref().map(|t| t.kind).unwrap_or_default(),
+                                trigger.spec.target.as_ref().map(|t| t.name.as_str()).unwrap_or("(none)"),
                             );
                         }
                     }

@@ -21,7 +21,7 @@ use futures::{StreamExt, TryStreamExt};
 
 pub use auth::{Credentials, Scheme, parse_challenge};
 pub use error::ClientError;
-pub use tls::TlsOptions;
+pub use tls::{TlsOptions, client_config};
 pub use transport::{Call, Outgoing, Reply, Transport};
 
 use crate::oci::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};

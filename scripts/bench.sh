@@ -80,11 +80,12 @@ DISK_DIR=""
 BERTH_PID=""
 PEER_PID=""
 stop_registries() {
+  # `wait` returns the killed process's status (143): not a failure of the run.
   for pid in $BERTH_PID $PEER_PID; do
-    kill "$pid" 2>/dev/null
+    kill "$pid" 2>/dev/null || true
   done
   for pid in $BERTH_PID $PEER_PID; do
-    wait "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
   done
   BERTH_PID=""
   PEER_PID=""

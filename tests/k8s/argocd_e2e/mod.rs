@@ -8,7 +8,9 @@
 //!   (`deploy/argocd/application-resources.yaml`) and self-heal on, Argo CD neither
 //!   reverts the image a push set nor shows the Application OutOfSync, also across its
 //!   own syncs; without them it puts Git's image back, and the Trigger reports the
-//!   conflict instead of fighting.
+//!   conflict instead of fighting;
+//! - in `git` mode, a push becomes a commit of the new image in the Deployment's file,
+//!   and Argo CD rolls the Deployment out from that commit.
 
 mod application;
 mod argo_cd;
@@ -512,7 +514,6 @@ async fn without_the_documented_settings_self_heal_puts_gits_image_back() {
 /// rolls the Deployment out" is then: commit a Trigger in `git` mode pointing at
 /// `git.url()` and the Deployment's file, create the Application
 /// (`application::plain`), push, call this, and check `git.file(..)` holds the digest.
-#[allow(dead_code, reason = "for the git write-back test (branch gitwb)")]
 async fn argo_cd_rolls_out_the_commit_berth_pushed(
     cluster: &TestCluster,
     app: &App,
@@ -532,4 +533,110 @@ async fn argo_cd_rolls_out_the_commit_berth_pushed(
     .await;
     wait_for_image(cluster, image, SYNC).await;
     commit
+}
+
+/// In `Git` write-back mode Git stays the source of truth: a push of a matching tag
+/// becomes one commit that sets the digest-pinned image on the marked line of the
+/// Deployment's file in the repository Argo CD syncs, Argo CD syncs that commit and the
+/// Deployment runs the pushed digest, and the Trigger's history names the commit.
+#[tokio::test]
+async fn in_git_mode_a_push_commits_the_digest_and_argo_cd_rolls_the_deployment_out() {
+    let Some((cluster, argo, git)) = setup("argocd-gitmode").await else {
+        return;
+    };
+    let operator = operator(&cluster);
+    let team = cluster.unique("team");
+    let v1 = format!("{}/{team}/web:v1", operator.addr);
+    // Written by hand: the marker comment must sit on the image's line.
+    let deployment = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  \
+         selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        \
+         app: web\n    spec:\n      containers:\n      - name: web\n        image: {v1} # {{\"$berth\": \"web\"}}\n"
+    );
+    let first = git.commit(
+        &[
+            (
+                "berth/namespace.yaml",
+                Some(berth_file(&cluster, "Namespace", &team, json!({}), 0)),
+            ),
+            (
+                "berth/trigger.yaml",
+                Some(berth_file(
+                    &cluster,
+                    "Trigger",
+                    "web-git",
+                    json!({
+                        "repository": format!("{team}/web"),
+                        "tags": {"mode": "Regex", "regex": "^v[0-9]+$"},
+                        "writeBack": {
+                            "mode": "Git",
+                            "git": {
+                                "url": git.url(),
+                                "path": "berth/deployment.yaml",
+                                "marker": {"name": "web"},
+                            },
+                        },
+                    }),
+                    2,
+                )),
+            ),
+            ("berth/deployment.yaml", Some(deployment)),
+        ],
+        "the web service, its image set by berth's commits",
+    );
+    let app = App::create(&cluster, argo, application::plain(&cluster, &git.url())).await;
+    app.wait("Synced and Healthy", SYNC, synced_and_healthy_at(&first))
+        .await;
+    assert_eq!(live_web(&cluster).await.0, v1);
+
+    let digest = push_image(&operator.url(), &format!("{team}/web"), "v2", "v2")
+        .await
+        .expect("push v2");
+    let file = || git.file("berth/deployment.yaml");
+    // The image berth commits: its registry host, the repository, the tag and the digest.
+    let started = Instant::now();
+    let commit = loop {
+        let head = git.head();
+        if head != first {
+            break head;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "berth committed nothing within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let committed = file();
+    let image = committed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("image: "))
+        .and_then(|l| l.split(" #").next())
+        .unwrap_or_else(|| panic!("no image line in the committed file:\n{committed}"))
+        .to_string();
+    assert!(
+        image.ends_with(&format!("/{team}/web:v2@{digest}")),
+        "the committed image {image:?} is not v2 pinned to {digest}"
+    );
+    assert!(
+        committed.contains("# {\"$berth\": \"web\"}"),
+        "the marker was lost:\n{committed}"
+    );
+    let rolled =
+        argo_cd_rolls_out_the_commit_berth_pushed(&cluster, &app, &git, &first, &image).await;
+    assert_eq!(rolled, commit, "one commit for the push");
+    eprintln!(
+        "push → Deployment running the committed digest: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let trigger = get(&cluster, "Trigger", "web-git").await;
+    let history = trigger.data["status"]["history"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        history
+            .iter()
+            .any(|h| h["commit"].as_str() == Some(commit.as_str())),
+        "status.history does not name commit {commit}: {history:#?}"
+    );
 }

@@ -254,10 +254,11 @@ async fn three_replicas_on_one_bucket_serve_one_registry() {
     for round in 0..5 {
         let bodies: Vec<Vec<u8>> = (0..3)
             .map(|i| {
-                let mut body = manifest(&config, &[&layers[i]]);
+                let mut body: serde_json::Value =
+                    serde_json::from_slice(&manifest(&config, &[&layers[i]])).unwrap();
                 // Distinct per round too, so a stale answer would show.
-                body.extend(format!("\n{round}").bytes());
-                body
+                body["annotations"] = serde_json::json!({"round": round.to_string()});
+                serde_json::to_vec(&body).unwrap()
             })
             .collect();
         let racing = (0..3).map(|i| {

@@ -7,7 +7,8 @@
 //! repositories/<repo>/tags/<tag>                       tag pointer (JSON TagLink), replaced atomically
 //! repositories/<repo>/referrers/<alg>/<hex>/<alg>-<hex> descriptor of a manifest whose subject is <alg>:<hex>
 //! uploads/<id>/state                                   upload session (JSON UploadState)
-//! uploads/<id>/parts/<offset>                          the bytes of one PATCH/PUT, starting at <offset>
+//! uploads/<id>/parts/<offset>-<write>                  the bytes of one PATCH/PUT, starting at <offset>; <write>
+//!                                                      is unique per request, so racing requests never share a part
 //! sync/<rule>/since                                    when a SyncRule was first seen (standalone)
 //! pulls/<repo>/<replica>                               pull counts per manifest digest, written by one replica only (JSON PullCounts)
 //! ```
@@ -41,7 +42,9 @@ pub enum Key<'a> {
     Repository(&'a RepositoryName),
     Repositories,
     UploadState(&'a str),
-    UploadPart(&'a str, u64),
+    /// A part: session, offset, and the id of the request that wrote it (empty for
+    /// parts written before parts had one).
+    UploadPart(&'a str, u64, &'a str),
     UploadParts(&'a str),
     Upload(&'a str),
     Uploads,
@@ -88,7 +91,10 @@ impl Key<'_> {
             Key::Repositories => "repositories".to_string(),
             Key::UploadState(id) => format!("uploads/{id}/state"),
             // Zero-padded so parts list in byte order.
-            Key::UploadPart(id, offset) => format!("uploads/{id}/parts/{offset:020}"),
+            Key::UploadPart(id, offset, "") => format!("uploads/{id}/parts/{offset:020}"),
+            Key::UploadPart(id, offset, write) => {
+                format!("uploads/{id}/parts/{offset:020}-{write}")
+            }
             Key::UploadParts(id) => format!("uploads/{id}/parts"),
             Key::Upload(id) => format!("uploads/{id}"),
             Key::Uploads => "uploads".to_string(),
@@ -148,8 +154,12 @@ mod tests {
                 "pulls/team-a+app/berth-0".into(),
             ),
             (
-                Key::UploadPart("u1", 42),
+                Key::UploadPart("u1", 42, ""),
                 "uploads/u1/parts/00000000000000000042".into(),
+            ),
+            (
+                Key::UploadPart("u1", 42, "w7"),
+                "uploads/u1/parts/00000000000000000042-w7".into(),
             ),
         ];
         for (key, want) in cases {

@@ -41,8 +41,8 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, RenameOptions, RenameTargetMode,
+    GetOptions, GetResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode, PutMultipartOptions,
+    PutOptions, PutPayload, RenameOptions, RenameTargetMode, UpdateVersion,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -233,6 +233,64 @@ impl Store {
             Some(b) => serde_json::from_slice(&b)
                 .map(Some)
                 .map_err(|e| StorageError::corrupt(key, e)),
+        }
+    }
+
+    /// Reads a small JSON record together with the version a conditional replace of it
+    /// must name. On a local directory the version is `None`: one process owns a
+    /// directory, and its in-process locks serialise the writers.
+    async fn get_json_versioned<T: DeserializeOwned>(
+        &self,
+        key: &Path,
+    ) -> Result<Option<(T, Option<UpdateVersion>)>> {
+        if self.local.is_some() {
+            return Ok(self.get_json(key).await?.map(|v| (v, None)));
+        }
+        let result = match self.os_get(key, GetOptions::default()).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(StorageError::backend("read", key, e)),
+        };
+        let version = UpdateVersion {
+            e_tag: result.meta.e_tag.clone(),
+            version: result.meta.version.clone(),
+        };
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|e| StorageError::backend("read", key, e))?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| StorageError::corrupt(key, e))?;
+        Ok(Some((value, Some(version))))
+    }
+
+    /// Replaces a record only if it is still at `version` (`If-Match` on S3); returns
+    /// `false` when another writer (another replica) replaced or deleted it first.
+    /// Without a version (a local directory) the write is unconditional.
+    async fn replace_json<T: Serialize>(
+        &self,
+        key: &Path,
+        value: &T,
+        version: Option<UpdateVersion>,
+    ) -> Result<bool> {
+        let Some(version) = version else {
+            self.put_json(key, value).await?;
+            return Ok(true);
+        };
+        let data = serde_json::to_vec(value).expect("storage records always serialize");
+        let options = PutOptions {
+            mode: PutMode::Update(version),
+            ..Default::default()
+        };
+        match self
+            .objects
+            .put_opts(key, PutPayload::from(data), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Ok(false),
+            Err(e) => Err(StorageError::backend("replace", key, e)),
         }
     }
 

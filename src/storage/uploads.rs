@@ -4,6 +4,18 @@
 //! The session (size so far, parts, and the suspended hash) lives in the store, so a
 //! resumed or finished upload never re-reads its bytes, survives a restart, and can
 //! continue on another replica sharing the same store.
+//!
+//! Replicas sharing a bucket do not share the in-process session lock, so the store
+//! itself keeps a session whole: every request writes its bytes to a part object of its
+//! own (named by a fresh write id, never overwritten), then replaces the session record
+//! — which names exactly those parts and holds the hash of exactly their bytes — only if
+//! the record is still the version it started from (`If-Match`). Of two requests racing
+//! on one session through two replicas one wins; the other's part is deleted and it
+//! gets 416 with the session's real offset. A hash state therefore never describes bytes
+//! other than those of the parts listed beside it, and a blob is linked only under a
+//! digest computed from that state. Finishing claims the session the same way
+//! (`committing`), so no chunk is accepted into, and no second commit starts on, a
+//! session being committed.
 
 use std::fmt::Display;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{GetOptions, WriteMultipart};
+use object_store::{GetOptions, UpdateVersion, WriteMultipart};
 use serde::{Deserialize, Serialize};
 
 use super::Store;
@@ -26,10 +38,20 @@ pub(super) const PART_CHUNK: usize = 8 << 20;
 /// Part writes in flight per upload, bounding memory to a few chunks whatever the blob size.
 pub(super) const PARTS_IN_FLIGHT: usize = 2;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Part {
     pub offset: u64,
     pub size: u64,
+    /// The id of the request that wrote the part, in its key (empty in sessions saved
+    /// before parts had one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub write: String,
+}
+
+impl Part {
+    fn key(&self, upload: &str) -> Path {
+        Key::UploadPart(upload, self.offset, &self.write).path()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +64,9 @@ pub struct UploadState {
     pub hash_state: String,
     pub parts: Vec<Part>,
     pub started_at: u64,
+    /// Set by the request that finishes the session: it accepts no more chunks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub committing: bool,
 }
 
 fn now_secs() -> u64 {
@@ -91,6 +116,7 @@ impl Store {
             hash_state: Hasher::new(algorithm).save(),
             parts: Vec::new(),
             started_at: now_secs(),
+            committing: false,
         };
         self.put_json(&Key::UploadState(&state.id).path(), &state)
             .await?;
@@ -111,17 +137,27 @@ impl Store {
     }
 
     pub async fn upload_status(&self, repo: &RepositoryName, id: &str) -> Result<UploadState> {
+        Ok(self.session(repo, id).await?.0)
+    }
+
+    /// The session and the version of its record that a replace must name. A session
+    /// being committed is over for every other request.
+    async fn session(
+        &self,
+        repo: &RepositoryName,
+        id: &str,
+    ) -> Result<(UploadState, Option<UpdateVersion>)> {
         if !valid_upload_id(id) {
             return Err(StorageError::UploadUnknown(id.to_string()));
         }
-        let state: UploadState = self
-            .get_json(&Key::UploadState(id).path())
+        let (state, version): (UploadState, _) = self
+            .get_json_versioned(&Key::UploadState(id).path())
             .await?
             .ok_or_else(|| StorageError::UploadUnknown(id.to_string()))?;
-        if state.repository != repo.as_str() {
+        if state.repository != repo.as_str() || state.committing {
             return Err(StorageError::UploadUnknown(id.to_string()));
         }
-        Ok(state)
+        Ok((state, version))
     }
 
     /// Appends a chunk. `start` is the first byte's offset from `Content-Range`, if given;
@@ -138,16 +174,22 @@ impl Store {
         E: Display,
     {
         let _guard = self.lock_existing(repo, id).await?;
-        let mut state = self.upload_status(repo, id).await?;
-        self.append_locked(&mut state, start, body).await?;
+        let (mut state, version) = self.session(repo, id).await?;
+        self.append_locked(&mut state, version, start, body, false)
+            .await?;
         Ok(state)
     }
 
+    /// Writes `body` as a new part of the session at `version` and replaces the session
+    /// record with one naming it, if no other request replaced the record meanwhile;
+    /// `closing` also claims the session for its commit.
     async fn append_locked<S, E>(
         &self,
         state: &mut UploadState,
+        version: Option<UpdateVersion>,
         start: Option<u64>,
         body: S,
+        closing: bool,
     ) -> Result<()>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -178,17 +220,62 @@ impl Store {
                 ));
             }
         };
-        let key = Key::UploadPart(&state.id, state.size).path();
+        let part = Part {
+            offset: state.size,
+            size: 0,
+            write: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        let key = part.key(&state.id);
         let written = self.write_part(&key, &mut hasher, body).await?;
+        let mut next = state.clone();
         if written > 0 {
-            state.parts.push(Part {
-                offset: state.size,
+            next.parts.push(Part {
                 size: written,
+                ..part
             });
-            state.size += written;
-            state.hash_state = hasher.save();
-            self.put_json(&Key::UploadState(&state.id).path(), &*state)
-                .await?;
+            next.size += written;
+            next.hash_state = hasher.save();
+        }
+        // On a local directory the in-process lock has serialised this session's
+        // requests, so an empty closing chunk needs no claim; in a shared bucket it does.
+        next.committing = closing;
+        if written == 0 && !(closing && version.is_some()) {
+            return Ok(());
+        }
+        let replaced = self
+            .replace_json(&Key::UploadState(&state.id).path(), &next, version)
+            .await;
+        if !matches!(replaced, Ok(true)) && written > 0 {
+            // Nothing names this part: remove it now rather than at the session's end.
+            let _ = self.os_delete(&key).await;
+        }
+        if !replaced? {
+            // Another request (on another replica) moved the session on, ended it, or
+            // is committing it: this chunk was not taken.
+            let now: Option<UploadState> =
+                self.get_json(&Key::UploadState(&state.id).path()).await?;
+            return Err(match now {
+                Some(now) if !now.committing => StorageError::UploadOutOfOrder {
+                    expected: now.size,
+                    got: start.unwrap_or(state.size),
+                },
+                _ => StorageError::UploadUnknown(state.id.clone()),
+            });
+        }
+        *state = next;
+        Ok(())
+    }
+
+    /// Gives up the claim of a session whose commit failed on a backend error, so the
+    /// client can retry its closing request.
+    async fn release_claim(&self, repo: &RepositoryName, id: &str) -> Result<()> {
+        let key = Key::UploadState(id).path();
+        if let Some((mut state, version)) = self.get_json_versioned::<UploadState>(&key).await?
+            && state.repository == repo.as_str()
+            && state.committing
+        {
+            state.committing = false;
+            self.replace_json(&key, &state, version).await?;
         }
         Ok(())
     }
@@ -209,11 +296,15 @@ impl Store {
         E: Display,
     {
         let _guard = self.lock_existing(repo, id).await?;
-        let mut state = self.upload_status(repo, id).await?;
-        self.append_locked(&mut state, start, body).await?;
+        let (mut state, version) = self.session(repo, id).await?;
+        self.append_locked(&mut state, version, start, body, true)
+            .await?;
         let result = self.commit_upload(repo, &state, digest).await;
-        if !matches!(result, Err(StorageError::Backend { .. })) {
-            // Success or a bad digest both end the session; a backend failure leaves it for a retry.
+        if matches!(result, Err(StorageError::Backend { .. })) {
+            // A backend failure leaves the session for a retry.
+            self.release_claim(repo, id).await?;
+        } else {
+            // Success or a bad digest both end the session.
             self.discard_upload(id).await?;
         }
         result
@@ -238,14 +329,18 @@ impl Store {
             hash_state: Hasher::new(digest.algorithm()).save(),
             parts: Vec::new(),
             started_at: now_secs(),
+            committing: true,
         };
         let mut hasher = Hasher::new(digest.algorithm());
-        let key = Key::UploadPart(&state.id, 0).path();
+        // The session is this request's alone (a fresh id, never recorded), so its
+        // one part needs no write id.
+        let key = Key::UploadPart(&state.id, 0, "").path();
         let written = self.write_part(&key, &mut hasher, body).await?;
         if written > 0 {
             state.parts.push(Part {
                 offset: 0,
                 size: written,
+                write: String::new(),
             });
         }
         state.size = written;
@@ -289,7 +384,7 @@ impl Store {
             match state.parts.as_slice() {
                 [] => self.put_bytes(&blob_key, Bytes::new()).await?,
                 [only] => {
-                    let part = Key::UploadPart(&state.id, only.offset).path();
+                    let part = only.key(&state.id);
                     self.os_rename(&part, &blob_key)
                         .await
                         .map_err(|e| StorageError::backend("commit", &blob_key, e))?;
@@ -314,7 +409,7 @@ impl Store {
             .map_err(|e| StorageError::backend("start writing", dest, e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_CHUNK);
         for part in parts {
-            let key = Key::UploadPart(&state.id, part.offset).path();
+            let key = part.key(&state.id);
             let mut stream = match self.os_get(&key, GetOptions::default()).await {
                 Ok(r) => r.into_stream(),
                 Err(e) => {
@@ -347,7 +442,7 @@ impl Store {
     async fn rehash_parts(&self, state: &UploadState, algorithm: Algorithm) -> Result<Digest> {
         let mut hasher = Hasher::new(algorithm);
         for part in &state.parts {
-            let key = Key::UploadPart(&state.id, part.offset).path();
+            let key = part.key(&state.id);
             let result = self
                 .os_get(&key, GetOptions::default())
                 .await
@@ -468,6 +563,149 @@ mod tests {
             .unwrap();
         assert_eq!(state.size, 3);
         assert_eq!(store.uploads_in_use(), 0);
+    }
+
+    /// Two replicas: two stores on one bucket, each with its own in-process locks.
+    fn two_replicas() -> (Store, Store) {
+        let bucket: Arc<dyn object_store::ObjectStore> = Arc::new(InMemory::new());
+        (Store::new(bucket.clone()), Store::new(bucket))
+    }
+
+    fn chunk(bytes: &'static [u8]) -> impl Stream<Item = std::io::Result<Bytes>> + Unpin {
+        futures::stream::iter([Ok(Bytes::from_static(bytes))])
+    }
+
+    async fn part_keys(store: &Store, id: &str) -> Vec<String> {
+        store
+            .objects
+            .list(Some(&Key::UploadParts(id).path()))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn racing_chunks_on_two_replicas_leave_one_whole_session_whose_hash_matches_its_bytes() {
+        let (a, b) = two_replicas();
+        let upload = a.start_upload(&repo(), Algorithm::Sha256).await.unwrap();
+        // Replica A starts a chunk at offset 0 and stalls half-way through its body...
+        let (resume, resumed) = tokio::sync::oneshot::channel::<()>();
+        let slow = Box::pin(
+            futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from("AAAA")) }).chain(
+                futures::stream::once(async move {
+                    let _ = resumed.await;
+                    Ok(Bytes::from("AAAA"))
+                }),
+            ),
+        );
+        let first = tokio::spawn({
+            let a = a.clone();
+            let id = upload.id.clone();
+            async move { a.append_upload(&repo(), &id, Some(0), slow).await }
+        });
+        tokio::task::yield_now().await;
+        // ...while replica B writes another chunk at offset 0 and wins.
+        let won = b
+            .append_upload(&repo(), &upload.id, Some(0), chunk(b"BB"))
+            .await
+            .unwrap();
+        assert_eq!(won.size, 2);
+        resume.send(()).unwrap();
+        let lost = first.await.unwrap();
+        assert!(
+            matches!(
+                lost,
+                Err(StorageError::UploadOutOfOrder {
+                    expected: 2,
+                    got: 0
+                })
+            ),
+            "{lost:?}"
+        );
+        // The loser's bytes are gone, not left under the session.
+        assert_eq!(part_keys(&a, &upload.id).await.len(), 1);
+
+        // The session holds B's bytes and B's hash: the digest of A's bytes (what the
+        // old unconditional writes could store over B's) is refused...
+        let status = a.upload_status(&repo(), &upload.id).await.unwrap();
+        assert_eq!(status.size, 2);
+        let forged = Digest::of(Algorithm::Sha256, b"AAAAAAAA");
+        let refused = a
+            .finish_upload(&repo(), &upload.id, &forged, None, chunk(b""))
+            .await;
+        assert!(
+            matches!(refused, Err(StorageError::DigestMismatch { .. })),
+            "{refused:?}"
+        );
+        assert!(!a.exists(&Key::Blob(&forged).path()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_session_hops_between_replicas_and_commits_verified_bytes() {
+        let (a, b) = two_replicas();
+        let upload = a.start_upload(&repo(), Algorithm::Sha256).await.unwrap();
+        a.append_upload(&repo(), &upload.id, Some(0), chunk(b"hello "))
+            .await
+            .unwrap();
+        b.append_upload(&repo(), &upload.id, Some(6), chunk(b"scale "))
+            .await
+            .unwrap();
+        // A chunk at a stale offset on the first replica is refused with the real one.
+        let stale = a
+            .append_upload(&repo(), &upload.id, Some(6), chunk(b"again"))
+            .await;
+        assert!(
+            matches!(
+                stale,
+                Err(StorageError::UploadOutOfOrder {
+                    expected: 12,
+                    got: 6
+                })
+            ),
+            "{stale:?}"
+        );
+        let digest = Digest::of(Algorithm::Sha256, b"hello scale out");
+        let size = a
+            .finish_upload(&repo(), &upload.id, &digest, Some(12), chunk(b"out"))
+            .await
+            .unwrap();
+        assert_eq!(size, 15);
+        let stored = b.get_bytes(&Key::Blob(&digest).path()).await.unwrap();
+        assert_eq!(stored.as_deref(), Some(&b"hello scale out"[..]));
+        assert!(matches!(
+            b.upload_status(&repo(), &upload.id).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_session_being_committed_takes_no_chunk_and_no_second_commit() {
+        let (a, b) = two_replicas();
+        let upload = a.start_upload(&repo(), Algorithm::Sha256).await.unwrap();
+        a.append_upload(&repo(), &upload.id, Some(0), chunk(b"abc"))
+            .await
+            .unwrap();
+        // Claimed as a committing replica claims it (and then, say, is killed).
+        let key = Key::UploadState(&upload.id).path();
+        let mut claimed: UploadState = a.get_json(&key).await.unwrap().unwrap();
+        claimed.committing = true;
+        a.put_json(&key, &claimed).await.unwrap();
+        let late = b
+            .append_upload(&repo(), &upload.id, Some(3), chunk(b"d"))
+            .await;
+        assert!(
+            matches!(late, Err(StorageError::UploadUnknown(_))),
+            "{late:?}"
+        );
+        let digest = Digest::of(Algorithm::Sha256, b"abc");
+        let second = b
+            .finish_upload(&repo(), &upload.id, &digest, None, chunk(b""))
+            .await;
+        assert!(
+            matches!(second, Err(StorageError::UploadUnknown(_))),
+            "{second:?}"
+        );
     }
 
     #[tokio::test]

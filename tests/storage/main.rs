@@ -18,6 +18,7 @@ mod backends;
 mod e2e;
 mod gc;
 mod minio_server;
+mod replicas;
 mod sigv4;
 mod suite;
 

@@ -290,6 +290,13 @@ impl Store {
             Err(
                 object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
             ) => Ok(false),
+            // A backend without conditional writes (a local folder opened without its
+            // direct view, as `Store::new` does): as on a local directory, the write is
+            // unconditional, and this process's upload lock is what orders writers.
+            Err(object_store::Error::NotImplemented { .. }) => {
+                self.put_json(key, value).await?;
+                Ok(true)
+            }
             Err(e) => Err(StorageError::backend("replace", key, e)),
         }
     }

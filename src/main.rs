@@ -526,11 +526,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.config_dir {
         let engine = sync_engine(&state, sync_metrics);
         tokio::spawn(engine.clone().listen(events));
+        let (first_pass, applied) = tokio::sync::oneshot::channel();
         tokio::spawn(sync::standalone::run(
             ConfigFolder::new(dir),
             engine,
             storage.store.clone(),
+            Some(first_pass),
         ));
+        // Serve once the folder's SyncRules listen for pushes, so none is missed; a
+        // folder that cannot be read is reported by the rules' task and served anyway.
+        if tokio::time::timeout(std::time::Duration::from_secs(10), applied)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the config folder's SyncRules are not applied after 10s; serving anyway"
+            );
+        }
     }
     serve_registry(&args.registry, listener, state, &storage.location, gc, None).await
 }

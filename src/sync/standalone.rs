@@ -115,8 +115,15 @@ async fn resolve(
     RuleConfig::from_spec(&name, &rule.spec, credentials, ca_bundle, since)
 }
 
-/// Runs the folder's SyncRules on `engine`. Never returns.
-pub async fn run(folder: ConfigFolder, engine: Arc<Engine>, store: Store) {
+/// Runs the folder's SyncRules on `engine`. Never returns. `first_pass` is told once
+/// the folder's rules have been applied the first time: a push that arrives before
+/// that would find no rule listening for it.
+pub async fn run(
+    folder: ConfigFolder,
+    engine: Arc<Engine>,
+    store: Store,
+    mut first_pass: Option<tokio::sync::oneshot::Sender<()>>,
+) {
     let mut changes = engine.changes();
     let mut applied: Option<String> = None;
     let mut requests: HashMap<String, String> = HashMap::new();
@@ -168,6 +175,9 @@ pub async fn run(folder: ConfigFolder, engine: Arc<Engine>, store: Store) {
                 }
                 engine.retain(&names);
                 applied = fingerprint;
+                if let Some(done) = first_pass.take() {
+                    let _ = done.send(());
+                }
             }
             changed = changes.recv() => {
                 let Ok(name) = changed else { continue };

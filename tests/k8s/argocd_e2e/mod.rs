@@ -481,7 +481,28 @@ async fn without_the_documented_settings_self_heal_puts_gits_image_back() {
         .await
         .expect("push v2");
     let pushed = format!("{}/{team}/web:v2@{digest}", operator.addr);
-    wait_for_image(&cluster, &pushed, Duration::from_secs(30)).await;
+    // Self-heal may undo berth's patch within a few hundred ms, faster than a poll of
+    // the Deployment sees it on a loaded machine: berth's record of the firing (or the
+    // image itself) is what shows the push was applied.
+    let start = Instant::now();
+    loop {
+        let trigger = get(&cluster, "Trigger", "web-releases").await;
+        let recorded = trigger.data["status"]["history"]
+            .as_array()
+            .is_some_and(|h| {
+                h.iter()
+                    .any(|e| e["digest"].as_str() == Some(digest.as_str()))
+            });
+        if recorded || live_web(&cluster).await.0 == pushed {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "berth did not apply the push of {digest} within 30 s: {:#}",
+            trigger.data["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let took = wait_for_image(&cluster, &in_git, SYNC).await;
     eprintln!(
         "self-heal put Git's image back {:.1}s after berth set it",

@@ -26,12 +26,12 @@ PACKAGES=(
   # the web UI's upload tests: docker save (dockerd is started by the test itself)
   docker.io
   # the Argo CD end-to-end tests: its cache (redis-server, started by the test on
-  # loopback; the Debian service is stopped like docker-registry's) and the Git
-  # server the Applications sync from (git daemon)
-  redis-server git
+  # loopback; the Debian service is stopped like docker-registry's)
+  redis-server
   # the Go module proxy and HTTPS in general; flock for locking; curl for probes
   ca-certificates util-linux curl openssl
-  # Trigger write-back tests: the Git server (git daemon, git http-backend) and checks
+  # the Git server of the Trigger write-back and Argo CD tests (git daemon,
+  # git http-backend) and their checks
   git
 )
 

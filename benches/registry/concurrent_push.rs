@@ -1,19 +1,17 @@
 //! Many clients pushing distinct blobs at the same moment, as a CI fleet does: aggregate
 //! throughput and the server's peak memory, which shows whether it buffers uploads.
 
-use std::convert::Infallible;
 use std::time::Instant;
 
 use anyhow::ensure;
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
-use hyper::body::Frame;
+use http_body_util::BodyExt;
 use hyper::{Method, StatusCode, header};
 
 use super::rss::{PeakRss, fmt_mib};
 use super::{
-    Conn, PUSH_FRAME, Row, Settings, Target, cpu_snap, cpu_use, empty, fmt_cores, location,
-    pseudo_random, sha256, with_digest,
+    Conn, Row, Settings, Target, cpu_snap, cpu_use, empty, fmt_cores, location, pseudo_random,
+    sha256, streamed, with_digest,
 };
 
 pub async fn run(s: &Settings, targets: &[Target], nonce: u64) -> anyhow::Result<Vec<Row>> {
@@ -117,12 +115,7 @@ async fn push(mut c: Conn, data: Bytes, digest: String) -> anyhow::Result<()> {
         )
         .await?;
     let loc = location(&h)?;
-    let size = data.len();
-    let frames = (0..size.div_ceil(PUSH_FRAME)).map(move |i| {
-        let end = ((i + 1) * PUSH_FRAME).min(size);
-        Ok::<_, Infallible>(Frame::data(data.slice(i * PUSH_FRAME..end)))
-    });
-    let body = BoxBody::new(StreamBody::new(futures::stream::iter(frames)));
+    let body = streamed(data);
     let (h, _) = c
         .expect(
             Method::PATCH,

@@ -548,6 +548,17 @@ struct PushSample {
 
 const PUSH_FRAME: usize = 1 << 20;
 
+/// `data` as a body of 1 MiB frames, sent with chunked transfer encoding as docker and
+/// containerd stream a layer.
+fn streamed(data: Bytes) -> Body {
+    let size = data.len();
+    let frames = (0..size.div_ceil(PUSH_FRAME)).map(move |i| {
+        let end = ((i + 1) * PUSH_FRAME).min(size);
+        Ok::<_, Infallible>(Frame::data(data.slice(i * PUSH_FRAME..end)))
+    });
+    BoxBody::new(StreamBody::new(futures::stream::iter(frames)))
+}
+
 async fn push_once(
     t: &Target,
     repo: &str,
@@ -574,11 +585,7 @@ async fn push_once(
     let (transfer, commit);
     match mode {
         PushMode::Streamed => {
-            let frames = (0..size.div_ceil(PUSH_FRAME)).map(move |i| {
-                let end = ((i + 1) * PUSH_FRAME).min(size);
-                Ok::<_, Infallible>(Frame::data(data.slice(i * PUSH_FRAME..end)))
-            });
-            let body = BoxBody::new(StreamBody::new(futures::stream::iter(frames)));
+            let body = streamed(data);
             let t0 = Instant::now();
             let (h, _) = c
                 .expect(

@@ -33,6 +33,10 @@ PACKAGES=(
   # the Git server of the Trigger write-back and Argo CD tests (git daemon,
   # git http-backend) and their checks
   git
+  # the SSH Git server of the write-back tests (sshd -D started by the test on
+  # loopback, as the current user; ssh-keygen makes its keys). Its service is not
+  # started (policy-rc.d below; no systemd in a container).
+  openssh-server openssh-client
 )
 
 SUDO=()
@@ -61,6 +65,18 @@ stop_redis_service() {
   fi
   if [[ -x /etc/init.d/redis-server ]]; then
     "${SUDO[@]}" update-rc.d redis-server disable >/dev/null 2>&1 || true
+  fi
+}
+
+# Debian's openssh-server enables a system sshd on :22 at boot; the tests start their
+# own on a free port. Only right after installing it here (a machine that already had
+# it may be reached through it), keep the packaged one from starting at boot.
+disable_new_ssh_service() {
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+    "${SUDO[@]}" systemctl disable ssh.service ssh.socket >/dev/null 2>&1 || true
+  fi
+  if [[ -x /etc/init.d/ssh ]]; then
+    "${SUDO[@]}" update-rc.d ssh disable >/dev/null 2>&1 || true
   fi
 }
 
@@ -115,6 +131,9 @@ main() {
   fi
   stop_docker_registry_service
   stop_redis_service
+  if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+    disable_new_ssh_service
+  fi
 
   mapfile -t missing < <(missing_packages)
   [[ ${#missing[@]} -eq 0 ]] || die "still missing after apt-get install: ${missing[*]}"

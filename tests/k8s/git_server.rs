@@ -137,6 +137,21 @@ impl GitRepo {
             .args(["show", &format!("{branch}:{path}")]))
     }
 
+    /// The files `commit` changed against its first parent.
+    pub fn changed_files(&self, commit: &str) -> Vec<String> {
+        run(self.cmd(Some(&self.bare())).args([
+            "diff-tree",
+            "--no-commit-id",
+            "--name-only",
+            "-r",
+            &format!("{commit}^"),
+            commit,
+        ]))
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+
     /// Whether `ancestor` is an ancestor of `branch`.
     pub fn is_ancestor(&self, ancestor: &str, branch: &str) -> bool {
         self.cmd(Some(&self.bare()))

@@ -19,6 +19,7 @@ mod kubectl_output;
 mod operator;
 mod reconcile;
 mod resources;
+mod ssh_server;
 mod sync;
 mod triggers;
 mod write_back;

@@ -16,6 +16,7 @@ use crate::common::require_tool;
 use crate::git_server::{GitDaemon, GitHttp, GitRepo};
 use crate::gitops::wait_event;
 use crate::images::skopeo_push;
+use crate::ssh_server::{Sshd, keygen};
 use crate::triggers::{
     QUIET, history, metric, operator, registry_namespace, trigger, wait_condition, wait_result,
 };
@@ -617,5 +618,426 @@ async fn standalone_serve_commits_a_push_from_a_trigger_in_its_config_folder() {
             "berth|Deploy ".to_string() + &repository + ":v1",
             "seed|seed".into()
         ]
+    );
+}
+
+/// A Secret as `kubectl create secret generic --type=kubernetes.io/ssh-auth` makes it:
+/// the private key, the host keys berth trusts, and the key's passphrase.
+async fn ssh_secret(
+    cluster: &TestCluster,
+    name: &str,
+    key: &str,
+    known_hosts: &str,
+    passphrase: Option<&str>,
+) {
+    let mut data = json!({"ssh-privatekey": key, "known_hosts": known_hosts});
+    if let Some(p) = passphrase {
+        data["passphrase"] = json!(p);
+    }
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "kubernetes.io/ssh-auth",
+        "stringData": data,
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(cluster.client(), cluster.namespace())
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
+/// The Trigger spec of a Helm values write-back into `path` of `url`.
+fn ssh_spec(repository: &str, url: &str, path: &str, secret: &str) -> serde_json::Value {
+    json!({
+        "repository": repository,
+        "writeBack": {
+            "mode": "Git",
+            "git": {
+                "url": url,
+                "path": path,
+                "secretRef": {"name": secret},
+                "author": {"name": "Berth Bot", "email": "bot@berth.test"},
+                "helm": {"tag": "image.tag", "digest": "image.digest"},
+            },
+        },
+    })
+}
+
+fn values_with(tag: &str, digest: &str) -> String {
+    VALUES
+        .replace("  tag: v0\n", &format!("  tag: {tag}\n"))
+        .replace(
+            "  pullPolicy: IfNotPresent\n",
+            &format!("  pullPolicy: IfNotPresent\n  digest: {digest}\n"),
+        )
+}
+
+#[tokio::test]
+async fn over_ssh_a_push_commits_with_the_key_of_an_ssh_auth_secret() {
+    let Some(cluster) = TestCluster::start("writeback-ssh").await else {
+        return;
+    };
+    let (Some(skopeo), Some(git), Some(ssh_keygen)) = (
+        require_tool("skopeo"),
+        require_tool("git"),
+        require_tool("ssh-keygen"),
+    ) else {
+        return;
+    };
+    // An ed25519 key under a passphrase, reached by the scp-like form; an RSA key
+    // (signing with rsa-sha2) reached by an ssh:// URL.
+    let ed25519 = keygen(&ssh_keygen, "ed25519", "correct horse");
+    let rsa = keygen(&ssh_keygen, "rsa", "");
+    let Some(sshd) = Sshd::start(&[&ed25519.public, &rsa.public]) else {
+        return;
+    };
+    let repo = GitRepo::new(
+        &git,
+        "main",
+        &[("web/values.yaml", VALUES), ("api/values.yaml", VALUES)],
+    );
+    let operator = operator(&cluster, &["--registry-host", "registry.berth.test"]);
+    ssh_secret(
+        &cluster,
+        "deploy-key",
+        &ed25519.private,
+        &sshd.known_hosts(),
+        Some("correct horse"),
+    )
+    .await;
+    ssh_secret(&cluster, "rsa-key", &rsa.private, &sshd.known_hosts(), None).await;
+    let team = registry_namespace(&cluster).await;
+    let repository = format!("{team}/web");
+    let scp = sshd.scp_url(&repo.bare());
+    assert!(!scp.contains("://"), "{scp}");
+    trigger(
+        &cluster,
+        "web",
+        ssh_spec(&repository, &scp, "web/values.yaml", "deploy-key"),
+        "Watching",
+    )
+    .await;
+    let url = sshd.url(&repo.bare());
+    trigger(
+        &cluster,
+        "api",
+        ssh_spec(&repository, &url, "api/values.yaml", "rsa-key"),
+        "Watching",
+    )
+    .await;
+    let seed = repo.log("main", "%H");
+
+    let digest = skopeo_push(&skopeo, &operator.addr, &repository, "v1", "v1");
+    let web = wait_result(&cluster, "web", "v1", "Committed").await;
+    let api = wait_result(&cluster, "api", "v1", "Committed").await;
+    tokio::time::sleep(QUIET).await;
+    let log = repo.log("main", "%H");
+    assert_eq!(log.len(), seed.len() + 2, "one commit per trigger: {log:?}");
+    for commit in [&web[0], &api[0]].map(|h| h.commit.clone().unwrap()) {
+        assert!(log.contains(&commit), "{commit} is on main: {log:?}");
+        let message = repo.message(&commit);
+        assert!(
+            message.contains(&format!("Berth-Digest: {digest}\n")),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        repo.log("main", "%an <%ae>")[..2],
+        ["Berth Bot <bot@berth.test>", "Berth Bot <bot@berth.test>"]
+    );
+    assert_eq!(
+        repo.show("main", "web/values.yaml"),
+        values_with("v1", &digest)
+    );
+    assert_eq!(
+        repo.show("main", "api/values.yaml"),
+        values_with("v1", &digest)
+    );
+    assert!(
+        sshd.logins() >= 4,
+        "each trigger logged in to fetch and to push: {}",
+        sshd.log()
+    );
+}
+
+#[tokio::test]
+async fn over_ssh_a_key_the_server_refuses_stalls_with_an_event_and_no_retry_storm() {
+    let Some(cluster) = TestCluster::start("writeback-ssh-auth").await else {
+        return;
+    };
+    let (Some(skopeo), Some(git), Some(ssh_keygen)) = (
+        require_tool("skopeo"),
+        require_tool("git"),
+        require_tool("ssh-keygen"),
+    ) else {
+        return;
+    };
+    let allowed = keygen(&ssh_keygen, "ed25519", "");
+    let other = keygen(&ssh_keygen, "ecdsa", "");
+    let Some(sshd) = Sshd::start(&[&allowed.public]) else {
+        return;
+    };
+    let repo = GitRepo::new(&git, "main", &[("web/values.yaml", VALUES)]);
+    let operator = operator(&cluster, &[]);
+    ssh_secret(
+        &cluster,
+        "deploy-key",
+        &other.private,
+        &sshd.known_hosts(),
+        None,
+    )
+    .await;
+    let team = registry_namespace(&cluster).await;
+    let repository = format!("{team}/web");
+    let url = sshd.url(&repo.bare());
+    trigger(
+        &cluster,
+        "web",
+        ssh_spec(&repository, &url, "web/values.yaml", "deploy-key"),
+        "Watching",
+    )
+    .await;
+    skopeo_push(&skopeo, &operator.addr, &repository, "v1", "v1");
+    let t = wait_condition(&cluster, "web", "GitAuthFailed").await;
+    let conditions = t.status.unwrap().conditions;
+    let stalled = conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "GitAuthFailed")
+    );
+    assert!(
+        stalled.message.contains("refused the SSH key SHA256:"),
+        "{}",
+        stalled.message
+    );
+    let note = wait_event(&cluster, "Trigger", "web", "Warning", "GitAuthFailed").await;
+    assert!(note.contains("v1@sha256:"), "{note}");
+    assert!(
+        !note.contains("PRIVATE KEY"),
+        "the key is not shown: {note}"
+    );
+    let connections = sshd.connections();
+    assert!(connections >= 1, "{}", sshd.log());
+    tokio::time::sleep(QUIET).await;
+    assert!(
+        sshd.connections() - connections <= 1,
+        "no retry storm: {} connections",
+        sshd.connections()
+    );
+    assert_eq!(sshd.logins(), 0, "{}", sshd.log());
+    assert_eq!(repo.log("main", "%H").len(), 1, "nothing committed");
+    assert!(history(&cluster, "web").await.is_empty());
+}
+
+#[tokio::test]
+async fn over_ssh_a_host_key_not_in_known_hosts_is_refused_before_logging_in() {
+    let Some(cluster) = TestCluster::start("writeback-ssh-hostkey").await else {
+        return;
+    };
+    let (Some(skopeo), Some(git), Some(ssh_keygen)) = (
+        require_tool("skopeo"),
+        require_tool("git"),
+        require_tool("ssh-keygen"),
+    ) else {
+        return;
+    };
+    let key = keygen(&ssh_keygen, "ed25519", "");
+    let Some(sshd) = Sshd::start(&[&key.public]) else {
+        return;
+    };
+    let repo = GitRepo::new(&git, "main", &[("web/values.yaml", VALUES)]);
+    let operator = operator(&cluster, &[]);
+    // Another server's key listed for this host:port (a man in the middle, or a
+    // re-installed server); and known_hosts naming only other hosts.
+    let impostor = keygen(&ssh_keygen, "ed25519", "");
+    let impostor_key = impostor
+        .public
+        .split(' ')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let wrong = format!("[127.0.0.1]:{} {impostor_key}\n", sshd.port);
+    let elsewhere = format!("git.example.com {}\n", sshd.host_key);
+    ssh_secret(&cluster, "wrong-host-key", &key.private, &wrong, None).await;
+    ssh_secret(&cluster, "unknown-host", &key.private, &elsewhere, None).await;
+    let team = registry_namespace(&cluster).await;
+    let repository = format!("{team}/web");
+    let url = sshd.url(&repo.bare());
+    for (name, secret) in [("mismatch", "wrong-host-key"), ("unknown", "unknown-host")] {
+        let spec = ssh_spec(&repository, &url, "web/values.yaml", secret);
+        trigger(&cluster, name, spec, "Watching").await;
+    }
+    skopeo_push(&skopeo, &operator.addr, &repository, "v1", "v1");
+    for (name, reason, says) in [
+        ("mismatch", "GitHostKeyMismatch", "does not match"),
+        (
+            "unknown",
+            "GitHostKeyUnknown",
+            "is not in the Secret's known_hosts",
+        ),
+    ] {
+        let t = wait_condition(&cluster, name, reason).await;
+        let conditions = t.status.unwrap().conditions;
+        let stalled = conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", reason)
+        );
+        assert!(stalled.message.contains(says), "{}", stalled.message);
+        assert!(
+            stalled.message.contains(&sshd.host_fingerprint),
+            "the server's key is named: {}",
+            stalled.message
+        );
+        wait_event(&cluster, "Trigger", name, "Warning", reason).await;
+        assert!(history(&cluster, name).await.is_empty());
+    }
+    assert_eq!(sshd.logins(), 0, "berth never logged in: {}", sshd.log());
+    assert_eq!(repo.log("main", "%H").len(), 1, "nothing committed");
+}
+
+/// The `Berth-*` trailers of a commit message.
+fn trailers(message: &str) -> std::collections::BTreeMap<String, String> {
+    message
+        .lines()
+        .filter_map(|l| l.strip_prefix("Berth-")?.split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn two_replicas_taking_five_tags_at_once_commit_each_push_once_and_keep_the_newest() {
+    let Some(cluster) = TestCluster::start("writeback-tags").await else {
+        return;
+    };
+    let (Some(skopeo), Some(git)) = (require_tool("skopeo"), require_tool("git")) else {
+        return;
+    };
+    let repo = GitRepo::new(&git, "main", &[("web/values.yaml", VALUES)]);
+    // The server refuses anything but fast-forwards: a forced push would fail loudly.
+    crate::common::run(
+        std::process::Command::new(&git)
+            .arg("--git-dir")
+            .arg(repo.bare())
+            .args(["config", "receive.denyNonFastForwards", "true"]),
+    );
+    let daemon = GitDaemon::start(&git, &repo);
+    let storage = tempfile::tempdir().unwrap();
+    let args = ["--storage", storage.path().to_str().unwrap()];
+    let first = operator(&cluster, &args);
+    let second = operator(&cluster, &args);
+    let team = registry_namespace(&cluster).await;
+    let repository = format!("{team}/web");
+    let spec = json!({
+        "repository": repository,
+        "tags": {"mode": "Regex", "regex": "v.*"},
+        "writeBack": {
+            "mode": "Git",
+            "git": {
+                "url": daemon.url,
+                "path": "web/values.yaml",
+                "message": "web {{tag}}",
+                "helm": {"tag": "image.tag", "digest": "image.digest"},
+            },
+        },
+    });
+    trigger(&cluster, "web", spec, "Watching").await;
+    let seed = repo.log("main", "%H");
+
+    // Five images pushed at the same time, v1, v3, v5 through one replica and v2, v4
+    // through the other: every push fires on the replica that took it.
+    let tags = ["v1", "v2", "v3", "v4", "v5"];
+    let pushes = tags.iter().enumerate().map(|(i, tag)| {
+        let addr = if i % 2 == 0 {
+            &first.addr
+        } else {
+            &second.addr
+        };
+        let (skopeo, addr, repository) = (skopeo.clone(), addr.clone(), repository.clone());
+        let tag = tag.to_string();
+        tokio::task::spawn_blocking(move || {
+            let digest = skopeo_push(&skopeo, &addr, &repository, &tag, &format!("tags-{tag}"));
+            (tag, digest)
+        })
+    });
+    let pushed: std::collections::BTreeSet<(String, String)> = futures::future::join_all(pushes)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(pushed.len(), 5);
+
+    let want = seed.len() + 5;
+    let log = crate::triggers::wait_for(
+        "a commit for each of the five pushes",
+        std::time::Duration::from_secs(120),
+        || {
+            let log = repo.log("main", "%H");
+            async move {
+                if log.len() == want {
+                    Ok(log)
+                } else {
+                    Err(format!("{log:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(repo.log("main", "%H"), log, "no further commit");
+    // Linear history on top of the seed: nothing rewritten.
+    assert_eq!(repo.log("main", "%P").len(), log.len());
+    assert!(
+        repo.log("main", "%P").iter().all(|p| !p.contains(' ')),
+        "no merges"
+    );
+    assert!(repo.is_ancestor(&seed[0], "main"));
+
+    // Each push is on the branch once, with its digest.
+    let commits: Vec<_> = log[..5]
+        .iter()
+        .map(|c| (c.clone(), trailers(&repo.message(c))))
+        .collect();
+    let recorded: std::collections::BTreeSet<(String, String)> = commits
+        .iter()
+        .map(|(_, t)| (t["Tag"].clone(), t["Digest"].clone()))
+        .collect();
+    assert_eq!(recorded, pushed, "every push recorded, none twice");
+    // The file holds the newest push; the commits that wrote it go forward in push
+    // time, and those of older pushes arriving later changed no file.
+    let pushed_at = |t: &std::collections::BTreeMap<String, String>| {
+        t["Pushed-At"].parse::<jiff::Timestamp>().unwrap()
+    };
+    let newest = commits
+        .iter()
+        .map(|(_, t)| t)
+        .max_by_key(|t| pushed_at(t))
+        .unwrap();
+    assert_eq!(
+        repo.show("main", "web/values.yaml"),
+        values_with(&newest["Tag"], &newest["Digest"])
+    );
+    let mut last_write: Option<jiff::Timestamp> = None;
+    for (commit, t) in commits.iter().rev() {
+        let changed = repo.changed_files(commit);
+        if t.contains_key("Superseded-By") {
+            assert!(changed.is_empty(), "{commit} records only: {changed:?}");
+            assert!(pushed_at(t) < last_write.unwrap());
+        } else {
+            assert_eq!(changed, ["web/values.yaml"], "{commit}");
+            assert!(
+                last_write.is_none_or(|w| w < pushed_at(t)),
+                "{commit} goes forward"
+            );
+            last_write = Some(pushed_at(t));
+        }
+    }
+    let h = history(&cluster, "web").await;
+    assert!(
+        h.iter()
+            .any(|f| f.tag == newest["Tag"] && f.result == "Committed"),
+        "{h:#?}"
     );
 }

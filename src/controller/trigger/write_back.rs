@@ -15,7 +15,7 @@ use super::super::FIELD_MANAGER;
 use super::Env;
 use super::fire::{Push, namespace_of};
 use super::git::edit::{self, MarkedValues, Segment};
-use super::git::{self, Credentials, GitError, Outcome};
+use super::git::{self, BasicAuth, Credentials, GitError, Outcome};
 use crate::api::{
     ArgoCdWriteBack, GitWriteBack, HelmValues, ImageReference, Trigger, WriteBackMode,
 };
@@ -125,15 +125,26 @@ fn helm_edits(helm: &HelmValues, v: &Values) -> Vec<(String, String)> {
     edits
 }
 
+/// The credentials of `git.secretRef`: a token for HTTP(S) remotes; for SSH remotes a
+/// private key (`ssh-privatekey`, as in a `kubernetes.io/ssh-auth` Secret) with the
+/// `known_hosts` its server is checked against.
 async fn credentials(
     env: &Env,
     trigger: &Trigger,
     git: &GitWriteBack,
 ) -> Result<Option<Credentials>, Failure> {
+    let namespace = namespace_of(trigger);
+    let ssh = git::is_ssh_url(&git.url);
     let Some(reference) = &git.secret_ref else {
+        if ssh {
+            return Err(invalid_secret(format!(
+                "{} is an SSH remote: set git.secretRef to a Secret with ssh-privatekey and known_hosts",
+                git.url
+            )));
+        }
         return Ok(None);
     };
-    let namespace = namespace_of(trigger);
+    let shown = format!("Secret {namespace}/{}", reference.name);
     let api = Api::<Secret>::namespaced(env.client.clone(), &namespace);
     let secret = api
         .get_opt(&reference.name)
@@ -141,7 +152,7 @@ async fn credentials(
         .map_err(|e| kube_failure("SecretNotFound", "reading the Git credentials", e))?
         .ok_or_else(|| Failure {
             reason: "SecretNotFound",
-            message: format!("Secret {namespace}/{} does not exist", reference.name),
+            message: format!("{shown} does not exist"),
             stalled: false,
         })?;
     let data: BTreeMap<String, Vec<u8>> = secret
@@ -154,20 +165,34 @@ async fn credentials(
         data.get(key)
             .map(|v| String::from_utf8_lossy(v).trim().to_string())
     };
+    if ssh {
+        let key = text("ssh-privatekey")
+            .ok_or_else(|| invalid_secret(format!("{shown} has no key ssh-privatekey")))?;
+        let known_hosts = text("known_hosts").ok_or_else(|| {
+            invalid_secret(format!(
+                "{shown} has no key known_hosts: berth checks the SSH server's host key against it"
+            ))
+        })?;
+        let passphrase = text("passphrase");
+        let key = git::SshKey::new(&key, passphrase.as_deref(), &known_hosts, text("username"))
+            .map_err(|e| invalid_secret(format!("{shown}: {e}")))?;
+        return Ok(Some(Credentials::Ssh(key)));
+    }
     let password = text("token")
         .or_else(|| text("password"))
-        .ok_or_else(|| Failure {
-            reason: "InvalidSecret",
-            message: format!(
-                "Secret {namespace}/{} has no key token or password",
-                reference.name
-            ),
-            stalled: true,
-        })?;
-    Ok(Some(Credentials {
+        .ok_or_else(|| invalid_secret(format!("{shown} has no key token or password")))?;
+    Ok(Some(Credentials::Basic(BasicAuth {
         username: text("username").unwrap_or_else(|| "x-access-token".into()),
         password,
-    }))
+    })))
+}
+
+fn invalid_secret(message: String) -> Failure {
+    Failure {
+        reason: "InvalidSecret",
+        message,
+        stalled: true,
+    }
 }
 
 async fn write_git(
@@ -250,8 +275,8 @@ async fn write_git(
     match git::write_back(request).await? {
         Outcome::Committed { commit, attempts } => Ok(Written::Committed { commit, attempts }),
         Outcome::AlreadyCurrent { .. } => Ok(Written::AlreadyCurrent),
-        Outcome::Superseded { commit, tag } => Ok(Written::Superseded(format!(
-            "commit {commit} wrote the newer push of {tag}"
+        Outcome::Superseded { commit, newer, tag } => Ok(Written::Superseded(format!(
+            "commit {newer} wrote the newer push of {tag}; recorded as {commit}"
         ))),
     }
 }

@@ -1,24 +1,29 @@
 //! Write-back into Git: a push commits the new image into a file of a Git repository
-//! and pushes the commit, in process (libgit2; HTTP(S) through [`transport`]).
+//! and pushes the commit, in process (libgit2; HTTP(S) through [`transport`], SSH
+//! through [`ssh`], git:// natively).
 //!
 //! One firing is: fetch the branch, edit the file ([`edit`]), and, if that changed
 //! anything, commit on top of the fetched head and push without force. The guarantees:
-//! - **Idempotent**: a file that already holds the value is not committed again, so
-//!   replicas firing for one push make one commit between them (the loser of the race
-//!   is refused, fetches, and finds the value there).
+//! - **One commit per push**: each commit carries trailers naming the trigger, the tag,
+//!   the digest and when the image was pushed. A push already committed (or recorded)
+//!   since the file was last written is not committed again, nor is a file that already
+//!   holds the value, so replicas firing for one push make one commit between them (the
+//!   loser of the race is refused, fetches, and finds the push there).
 //! - **No lost update, no rewritten history**: a refused push (someone committed in
 //!   between) is retried from a fresh fetch, re-applying the edit on the new head, at
 //!   most [`ATTEMPTS`] times; pushes are never forced.
-//! - **Newest push wins**: each commit carries trailers naming the trigger and when the
-//!   image was pushed; a firing finds the last such commit of its trigger on the branch
-//!   and gives way if it is for a newer push, so a slow replica never writes an older
-//!   image over a newer one.
+//! - **Newest push wins**: a firing finds the last commit of its trigger that wrote the
+//!   file; if that is for a newer push, the file stays and this push is recorded by a
+//!   commit that changes no file (trailer `Berth-Superseded-By`), so a slow replica
+//!   never writes an older image over a newer one and no push goes unrecorded.
 //!
 //! The repository is kept between firings in a cache folder per URL (bare, only the
 //! branch's history), so a firing fetches only what is new. Operations on one folder
 //! are serialised by an async lock.
 
 pub mod edit;
+mod known_hosts;
+mod ssh;
 mod transport;
 
 use std::collections::HashMap;
@@ -30,7 +35,17 @@ use git2::{ErrorCode, FetchOptions, Oid, PushOptions, RemoteCallbacks, Repositor
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
-pub use transport::Credentials;
+pub use ssh::{SshKey, SshKeyError, is_ssh_url};
+pub use transport::BasicAuth;
+
+/// How berth authenticates to the remote.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// HTTP(S) Basic auth (a token).
+    Basic(BasicAuth),
+    /// An SSH key, and the host keys it trusts.
+    Ssh(SshKey),
+}
 
 /// How many times a refused push is retried from a fresh fetch.
 pub const ATTEMPTS: usize = 5;
@@ -71,15 +86,26 @@ pub enum Outcome {
     Committed { commit: String, attempts: usize },
     /// The file already holds the value at this head: nothing to commit.
     AlreadyCurrent { head: String },
-    /// The branch's last commit of this trigger is for a newer push.
-    Superseded { commit: String, tag: String },
+    /// The file holds a newer push of this trigger (`newer`, of `tag`): this push was
+    /// recorded by a commit that changes no file, so every push has its commit.
+    Superseded {
+        commit: String,
+        newer: String,
+        tag: String,
+    },
 }
 
 /// Why a write-back failed. [`GitError::reason`] is the condition reason.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
-    #[error("authentication to {url} failed (HTTP {status}): check the Secret's token")]
-    AuthFailed { url: String, status: u16 },
+    #[error("authentication to {url} failed ({detail})")]
+    AuthFailed { url: String, detail: String },
+    #[error("{detail}: add the server's key to known_hosts in the Secret")]
+    HostKeyUnknown { url: String, detail: String },
+    #[error("{detail}: refusing to talk to {url}")]
+    HostKeyMismatch { url: String, detail: String },
+    #[error("{detail}")]
+    InvalidSecret { detail: String },
     #[error("branch {branch:?} does not exist in {url}")]
     BranchNotFound { url: String, branch: String },
     #[error("{path} does not exist on branch {branch:?} of {url}")]
@@ -109,6 +135,9 @@ impl GitError {
     pub fn reason(&self) -> &'static str {
         match self {
             GitError::AuthFailed { .. } => "GitAuthFailed",
+            GitError::HostKeyUnknown { .. } => "GitHostKeyUnknown",
+            GitError::HostKeyMismatch { .. } => "GitHostKeyMismatch",
+            GitError::InvalidSecret { .. } => "InvalidSecret",
             GitError::BranchNotFound { .. } => "BranchNotFound",
             GitError::PathNotFound { .. } | GitError::MarkerNotFound { .. } => "PathNotFound",
             GitError::InvalidFile { .. } => "InvalidFile",
@@ -177,60 +206,58 @@ fn open(dir: &Path) -> Result<Repository, GitError> {
 }
 
 fn run(dir: &Path, request: &Request) -> Result<Outcome, GitError> {
-    let session =
-        transport::Session::enter(request.credentials.clone()).map_err(|e| local(dir, e))?;
+    let (basic, key) = match request.credentials.clone() {
+        Some(Credentials::Basic(basic)) => (Some(basic), None),
+        Some(Credentials::Ssh(key)) => (None, Some(key)),
+        None => (None, None),
+    };
+    let session = Sessions {
+        http: transport::Session::enter(basic).map_err(|e| local(dir, e))?,
+        ssh: ssh::Session::enter(key).map_err(|e| local(dir, e))?,
+    };
     let repo = open(dir)?;
     let mut last_refusal = String::new();
     for attempt in 1..=ATTEMPTS {
         let head = fetch(&repo, request, &session)?;
         let head_commit = repo.find_commit(head).map_err(|e| local(dir, e))?;
-        if let Some((commit, tag)) = newer_firing(&repo, head, request) {
-            return Ok(Outcome::Superseded { commit, tag });
-        }
         let tree = head_commit.tree().map_err(|e| local(dir, e))?;
-        let not_found = || GitError::PathNotFound {
-            url: request.url.clone(),
-            branch: request.branch.clone(),
-            path: request.path.clone(),
-        };
-        let entry = tree
-            .get_path(Path::new(&request.path))
-            .map_err(|_| not_found())?;
-        let blob = repo.find_blob(entry.id()).map_err(|_| not_found())?;
         let invalid = |detail: String| GitError::InvalidFile {
             branch: request.branch.clone(),
             path: request.path.clone(),
             detail,
         };
-        let text =
-            std::str::from_utf8(blob.content()).map_err(|_| invalid("not UTF-8 text".into()))?;
-        let edited = (request.edit)(text).map_err(|e| match e {
-            edit::EditError::NotFound(detail) => GitError::MarkerNotFound {
-                path: request.path.clone(),
-                detail,
-            },
-            edit::EditError::Unsupported(detail) => invalid(detail),
-        })?;
-        if edited == text {
-            return Ok(Outcome::AlreadyCurrent {
-                head: head.to_string(),
-            });
-        }
-        let new_blob = repo.blob(edited.as_bytes()).map_err(|e| local(dir, e))?;
-        let parts: Vec<&str> = request.path.split('/').filter(|p| !p.is_empty()).collect();
-        let new_tree = replace(&repo, Some(&tree), &parts, new_blob, entry.filemode())
-            .map_err(|e| local(dir, e))?;
+        let trailers = format!(
+            "Berth-Trigger: {}\nBerth-Tag: {}\nBerth-Digest: {}\nBerth-Pushed-At: {}\n",
+            request.trigger, request.tag, request.digest, request.pushed_at
+        );
+        let (new_tree, message, newer) = match prior(&repo, head, request) {
+            Prior::Recorded => {
+                return Ok(Outcome::AlreadyCurrent {
+                    head: head.to_string(),
+                });
+            }
+            // A newer push is in the file: record this one without touching the file.
+            Prior::Newer { commit, tag } => {
+                let message = format!(
+                    "{}\n\nNot applied: the newer push of {tag} (commit {commit}) stays in {}.\n\n{trailers}Berth-Superseded-By: {commit}\n",
+                    request.message.trim_end(),
+                    request.path,
+                );
+                (tree.id(), message, Some((commit, tag)))
+            }
+            Prior::None => {
+                let Some(new_tree) = edited_tree(&repo, &tree, request)? else {
+                    return Ok(Outcome::AlreadyCurrent {
+                        head: head.to_string(),
+                    });
+                };
+                let message = format!("{}\n\n{trailers}", request.message.trim_end());
+                (new_tree, message, None)
+            }
+        };
         let new_tree = repo.find_tree(new_tree).map_err(|e| local(dir, e))?;
         let signature = Signature::now(&request.author_name, &request.author_email)
             .map_err(|e| invalid(format!("author: {e}")))?;
-        let message = format!(
-            "{}\n\nBerth-Trigger: {}\nBerth-Tag: {}\nBerth-Digest: {}\nBerth-Pushed-At: {}\n",
-            request.message.trim_end(),
-            request.trigger,
-            request.tag,
-            request.digest,
-            request.pushed_at
-        );
         let commit = repo
             .commit(
                 None,
@@ -245,9 +272,13 @@ fn run(dir: &Path, request: &Request) -> Result<Outcome, GitError> {
             .map_err(|e| local(dir, e))?;
         match push(&repo, request, &session)? {
             None => {
-                return Ok(Outcome::Committed {
-                    commit: commit.to_string(),
-                    attempts: attempt,
+                let commit = commit.to_string();
+                return Ok(match newer {
+                    None => Outcome::Committed {
+                        commit,
+                        attempts: attempt,
+                    },
+                    Some((newer, tag)) => Outcome::Superseded { commit, newer, tag },
                 });
             }
             Some(refusal) => {
@@ -265,16 +296,86 @@ fn run(dir: &Path, request: &Request) -> Result<Outcome, GitError> {
     })
 }
 
-/// Classifies a transport error: refused credentials, or unreachable.
-fn transport_error(request: &Request, session: &transport::Session, e: git2::Error) -> GitError {
-    if let Some((status @ (401 | 403), url)) = session.refused() {
-        return GitError::AuthFailed { url, status };
+/// The tree with the request's edit applied to its file, or `None` if the file holds
+/// the value already.
+fn edited_tree(
+    repo: &Repository,
+    tree: &git2::Tree,
+    request: &Request,
+) -> Result<Option<Oid>, GitError> {
+    let not_found = || GitError::PathNotFound {
+        url: request.url.clone(),
+        branch: request.branch.clone(),
+        path: request.path.clone(),
+    };
+    let invalid = |detail: String| GitError::InvalidFile {
+        branch: request.branch.clone(),
+        path: request.path.clone(),
+        detail,
+    };
+    let entry = tree
+        .get_path(Path::new(&request.path))
+        .map_err(|_| not_found())?;
+    let blob = repo.find_blob(entry.id()).map_err(|_| not_found())?;
+    let text = std::str::from_utf8(blob.content()).map_err(|_| invalid("not UTF-8 text".into()))?;
+    let edited = (request.edit)(text).map_err(|e| match e {
+        edit::EditError::NotFound(detail) => GitError::MarkerNotFound {
+            path: request.path.clone(),
+            detail,
+        },
+        edit::EditError::Unsupported(detail) => invalid(detail),
+    })?;
+    if edited == text {
+        return Ok(None);
+    }
+    let cache = |e: git2::Error| GitError::Local {
+        path: repo.path().display().to_string(),
+        detail: e.to_string(),
+    };
+    let new_blob = repo.blob(edited.as_bytes()).map_err(cache)?;
+    let parts: Vec<&str> = request.path.split('/').filter(|p| !p.is_empty()).collect();
+    replace(repo, Some(tree), &parts, new_blob, entry.filemode())
+        .map(Some)
+        .map_err(cache)
+}
+
+/// The transports' contexts of one write-back (on its thread).
+struct Sessions {
+    http: transport::Session,
+    ssh: ssh::Session,
+}
+
+/// Classifies a transport error: refused credentials or host key, or unreachable.
+fn transport_error(request: &Request, session: &Sessions, e: git2::Error) -> GitError {
+    let url = request.url.clone();
+    if let Some((status @ (401 | 403), url)) = session.http.refused() {
+        let detail = format!("HTTP {status}: check the Secret's token");
+        return GitError::AuthFailed { url, detail };
     }
     if e.class() == git2::ErrorClass::Http && e.message().contains("authentication") {
-        return GitError::AuthFailed {
-            url: request.url.clone(),
-            status: 401,
-        };
+        let detail = "HTTP 401: check the Secret's token".into();
+        return GitError::AuthFailed { url, detail };
+    }
+    match session.ssh.failure() {
+        Some(e @ ssh::SshError::AuthRefused { .. }) => {
+            let detail = format!("{e}: check the Secret's ssh-privatekey");
+            return GitError::AuthFailed { url, detail };
+        }
+        Some(e @ ssh::SshError::HostKeyUnknown { .. }) => {
+            let detail = e.to_string();
+            return GitError::HostKeyUnknown { url, detail };
+        }
+        Some(
+            e @ (ssh::SshError::HostKeyMismatch { .. } | ssh::SshError::HostKeyRevoked { .. }),
+        ) => {
+            let detail = e.to_string();
+            return GitError::HostKeyMismatch { url, detail };
+        }
+        Some(e @ (ssh::SshError::NoKey(_) | ssh::SshError::InvalidUrl(_))) => {
+            let detail = e.to_string();
+            return GitError::InvalidSecret { detail };
+        }
+        _ => {}
     }
     GitError::Unreachable {
         url: request.url.clone(),
@@ -283,11 +384,7 @@ fn transport_error(request: &Request, session: &transport::Session, e: git2::Err
 }
 
 /// Fetches the branch; returns its head.
-fn fetch(
-    repo: &Repository,
-    request: &Request,
-    session: &transport::Session,
-) -> Result<Oid, GitError> {
+fn fetch(repo: &Repository, request: &Request, session: &Sessions) -> Result<Oid, GitError> {
     // A stale ref from an earlier fetch must not pass for the branch.
     if let Ok(mut r) = repo.find_reference(FETCHED) {
         let _ = r.delete();
@@ -316,7 +413,7 @@ fn fetch(
 fn push(
     repo: &Repository,
     request: &Request,
-    session: &transport::Session,
+    session: &Sessions,
 ) -> Result<Option<String>, GitError> {
     let mut remote = repo
         .remote_anonymous(&request.url)
@@ -371,15 +468,33 @@ fn replace(
     builder.write()
 }
 
-/// The last commit of this trigger on the branch (first parents, [`TRAILER_DEPTH`]
-/// deep), if it is for a push newer than this one: `(commit, tag)`.
-fn newer_firing(repo: &Repository, head: Oid, request: &Request) -> Option<(String, String)> {
-    let mut walk = repo.revwalk().ok()?;
-    walk.push(head).ok()?;
-    walk.simplify_first_parent().ok()?;
+/// What the branch already holds of this trigger's pushes.
+#[derive(Debug, PartialEq, Eq)]
+enum Prior {
+    /// Nothing that concerns this push: apply it.
+    None,
+    /// This push (tag and digest) was committed or recorded since the file was last
+    /// written: a replica or a retry fired it again.
+    Recorded,
+    /// The file holds a newer push of this trigger: `(commit, tag)`.
+    Newer { commit: String, tag: String },
+}
+
+/// Reads this trigger's commits on the branch (first parents, [`TRAILER_DEPTH`] deep),
+/// newest first, down to the last one that wrote the file (records of superseded
+/// pushes carry `Berth-Superseded-By` and wrote nothing).
+fn prior(repo: &Repository, head: Oid, request: &Request) -> Prior {
+    let Ok(mut walk) = repo.revwalk() else {
+        return Prior::None;
+    };
+    if walk.push(head).is_err() || walk.simplify_first_parent().is_err() {
+        return Prior::None;
+    }
     let marker = format!("Berth-Trigger: {}\n", request.trigger);
     for oid in walk.take(TRAILER_DEPTH).flatten() {
-        let commit = repo.find_commit(oid).ok()?;
+        let Ok(commit) = repo.find_commit(oid) else {
+            return Prior::None;
+        };
         let message = commit.message().unwrap_or_default();
         if !message.contains(&marker) {
             continue;
@@ -389,13 +504,24 @@ fn newer_firing(repo: &Repository, head: Oid, request: &Request) -> Option<(Stri
                 .lines()
                 .find_map(|l| l.strip_prefix(name).map(str::trim).map(str::to_string))
         };
-        let pushed_at: Timestamp = trailer("Berth-Pushed-At:")?.parse().ok()?;
         let digest = trailer("Berth-Digest:").unwrap_or_default();
         let tag = trailer("Berth-Tag:").unwrap_or_default();
-        let same = digest == request.digest && tag == request.tag;
-        return (!same && pushed_at > request.pushed_at).then(|| (oid.to_string(), tag));
+        if digest == request.digest && tag == request.tag {
+            return Prior::Recorded;
+        }
+        if trailer("Berth-Superseded-By:").is_some() {
+            continue;
+        }
+        let pushed_at: Option<Timestamp> = trailer("Berth-Pushed-At:").and_then(|t| t.parse().ok());
+        return match pushed_at {
+            Some(at) if at > request.pushed_at => Prior::Newer {
+                commit: oid.to_string(),
+                tag,
+            },
+            _ => Prior::None,
+        };
     }
-    None
+    Prior::None
 }
 
 /// The message template with its placeholders replaced.
@@ -454,10 +580,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_push_commits_once_and_an_older_push_arriving_later_gives_way() {
+    async fn a_push_commits_once_and_an_older_push_arriving_later_is_recorded_without_writing() {
         let root = tempfile::tempdir().unwrap();
         // The cache folder is keyed by the URL: a fresh temporary path, a fresh cache.
         let url = repository(root.path());
+        let bare = Repository::open_bare(root.path().join("repo.git")).unwrap();
+        let file = |bare: &Repository| {
+            let head = bare.refname_to_id("refs/heads/main").unwrap();
+            let tree = bare.find_commit(head).unwrap().tree().unwrap();
+            let entry = tree.get_path(Path::new("kustomization.yaml")).unwrap();
+            String::from_utf8(bare.find_blob(entry.id()).unwrap().content().to_vec()).unwrap()
+        };
         let v2 = write_back(request(&url, "v2", 200)).await.unwrap();
         let Outcome::Committed { commit, attempts } = v2 else {
             panic!("{v2:?}")
@@ -470,30 +603,50 @@ mod tests {
             },
             "the same push again commits nothing"
         );
-        // A replica that took v1 (pushed before v2) fires after v2 was committed.
-        assert_eq!(
-            write_back(request(&url, "v1", 100)).await.unwrap(),
-            Outcome::Superseded {
-                commit: commit.clone(),
-                tag: "v2".into()
-            }
-        );
-        let bare = Repository::open_bare(root.path().join("repo.git")).unwrap();
+        // A replica that took v1 (pushed before v2) fires after v2 was committed: v1 is
+        // recorded, v2 stays in the file.
+        let v1 = write_back(request(&url, "v1", 100)).await.unwrap();
+        let Outcome::Superseded {
+            commit: record,
+            newer,
+            tag,
+        } = v1
+        else {
+            panic!("{v1:?}")
+        };
+        assert_eq!((newer.as_str(), tag.as_str()), (commit.as_str(), "v2"));
         let head = bare.refname_to_id("refs/heads/main").unwrap();
-        assert_eq!(head.to_string(), commit);
-        let message = bare
-            .find_commit(head)
-            .unwrap()
-            .message()
-            .unwrap()
-            .to_string();
+        assert_eq!(head.to_string(), record);
+        let record = bare.find_commit(head).unwrap();
+        assert_eq!(record.parent_id(0).unwrap().to_string(), commit);
+        assert_eq!(
+            record.tree_id(),
+            record.parent(0).unwrap().tree_id(),
+            "the record changes no file"
+        );
+        let message = record.message().unwrap().to_string();
+        assert!(message.starts_with("Deploy v1\n\nNot applied"), "{message}");
+        assert!(message.contains("Berth-Tag: v1\n"), "{message}");
         assert!(
-            message.starts_with("Deploy v2\n\nBerth-Trigger: ns/web\n"),
+            message.ends_with(&format!("Berth-Superseded-By: {commit}\n")),
             "{message}"
+        );
+        assert!(file(&bare).contains("newTag: v2"));
+        // v1 fired again (the other replica): recorded already.
+        assert!(matches!(
+            write_back(request(&url, "v1", 101)).await.unwrap(),
+            Outcome::AlreadyCurrent { .. }
+        ));
+        // Another old push after the record still gives way to v2, not to the record.
+        let v0 = write_back(request(&url, "v0b", 50)).await.unwrap();
+        assert!(
+            matches!(v0, Outcome::Superseded { ref newer, .. } if *newer == commit),
+            "{v0:?}"
         );
         // A newer push still commits.
         let v3 = write_back(request(&url, "v3", 300)).await.unwrap();
         assert!(matches!(v3, Outcome::Committed { .. }), "{v3:?}");
+        assert!(file(&bare).contains("newTag: v3"));
     }
 
     #[test]

@@ -28,19 +28,19 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Basic-auth credentials for HTTP(S) remotes.
 #[derive(Clone)]
-pub struct Credentials {
+pub struct BasicAuth {
     pub username: String,
     pub password: String,
 }
 
-impl std::fmt::Debug for Credentials {
+impl std::fmt::Debug for BasicAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({}, <redacted>)", self.username)
+        write!(f, "BasicAuth({}, <redacted>)", self.username)
     }
 }
 
 struct State {
-    credentials: Option<Credentials>,
+    credentials: Option<BasicAuth>,
     client: reqwest::Client,
     handle: Handle,
     /// The HTTP status of the last refused request (401, 403, 404, …).
@@ -57,7 +57,7 @@ pub struct Session(());
 impl Session {
     /// Sets `credentials` for the Git operations of this thread (which must be able to
     /// reach a Tokio runtime: a `spawn_blocking` thread).
-    pub fn enter(credentials: Option<Credentials>) -> io::Result<Session> {
+    pub fn enter(credentials: Option<BasicAuth>) -> io::Result<Session> {
         register();
         let handle = Handle::try_current().map_err(io::Error::other)?;
         let client = reqwest::Client::builder()

@@ -84,6 +84,9 @@ async fn act(
         return Ok((Health::suspended("Disabled", message), None));
     }
     if spec.mode() != WriteBackMode::Cluster {
+        if let Some(health) = recent_stall(trigger, sink) {
+            return Ok((health, None));
+        }
         // No workload to check or follow: the GitOps tool rolls it out.
         if let Some(health) = catch_up(env, trigger, &filter, sink).await? {
             return Ok((health, None));
@@ -121,6 +124,28 @@ async fn act(
     }
     let health = Health::ready("Watching", describe(trigger, &workload));
     Ok((health, progressing))
+}
+
+/// How long a stalled write-back (refused credentials or host key, a missing file…)
+/// is left alone before the catch-up tries it again.
+const STALL_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The stall of this generation of the trigger, if it is recent: its own status write
+/// reconciles the trigger again, and trying the same push at once would fail the same
+/// way (a retry storm). A new push still fires at once; the catch-up tries again at the
+/// first resync after [`STALL_RETRY_AFTER`] (a fixed Secret is then picked up).
+fn recent_stall(trigger: &Trigger, sink: &StatusSink) -> Option<Health> {
+    let status = sink.current(trigger);
+    if status.observed_generation != trigger.metadata.generation {
+        return None;
+    }
+    let stalled = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled" && c.status == "True")?;
+    let age = Timestamp::now().duration_since(stalled.last_transition_time.0);
+    let recent = age.as_secs_f64() < STALL_RETRY_AFTER.as_secs_f64();
+    recent.then(|| Health::stalled(&stalled.reason, stalled.message.clone()))
 }
 
 /// `rolls out Deployment ns/web (container web) on pushes of team-a/web tags matching ^v.*$, pinned by digest`

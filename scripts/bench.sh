@@ -206,7 +206,7 @@ for storage in "${STORAGES[@]}"; do
   bench \
     --berth "$BERTH_URL" --berth-pid "$BERTH_PID" \
     --peer "$PEER_URL" --peer-pid "$PEER_PID" --peer-name distribution \
-    --storage-note "$STORAGE_NOTE" "$@"
+    --storage-note "$STORAGE_NOTE" --data-dir "$DATA" "$@"
   stop_registries
   echo
 done

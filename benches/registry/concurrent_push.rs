@@ -1,7 +1,7 @@
 //! Many clients pushing distinct blobs at the same moment, as a CI fleet does: aggregate
 //! throughput and the server's peak memory, which shows whether it buffers uploads.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use bytes::Bytes;
@@ -23,6 +23,8 @@ pub async fn run(s: &Settings, targets: &[Target], nonce: u64) -> anyhow::Result
     );
     let mut mbps: Vec<Vec<f64>> = targets.iter().map(|_| Vec::new()).collect();
     let mut rss: Vec<Vec<f64>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut timed: Vec<Vec<(Duration, Option<Duration>)>> =
+        targets.iter().map(|_| Vec::new()).collect();
     for round in 0..s.rounds {
         let mut order: Vec<usize> = (0..targets.len()).collect();
         if round % 2 == 1 {
@@ -39,6 +41,9 @@ pub async fn run(s: &Settings, targets: &[Target], nonce: u64) -> anyhow::Result
                     (data, digest)
                 })
                 .collect();
+            if let Some(dir) = &s.data_dir {
+                dir.settle()?;
+            }
             let mut conns = Vec::with_capacity(n);
             for _ in 0..n {
                 conns.push(Conn::open(t).await?);
@@ -60,6 +65,7 @@ pub async fn run(s: &Settings, targets: &[Target], nonce: u64) -> anyhow::Result
             let secs = started.elapsed().as_secs_f64();
             let cpu = cpu_use(before, cpu_snap(t.pid));
             let peak = watch.finish().await;
+            let left = s.data_dir.as_ref().map(|d| d.settle()).transpose()?;
             ensure!(
                 failed.is_empty(),
                 "{}: {} of {n} concurrent pushes failed, first: {}",
@@ -77,6 +83,14 @@ pub async fn run(s: &Settings, targets: &[Target], nonce: u64) -> anyhow::Result
                 cpu.server_secs.unwrap_or(f64::NAN),
                 fmt_cores(&cpu),
             );
+            if let Some(left) = left {
+                println!(
+                    "   {:<13} round {round}: writeback left after the last 201: {:.1} ms",
+                    t.name,
+                    left.as_secs_f64() * 1e3
+                );
+            }
+            timed[i].push((Duration::from_secs_f64(secs), left));
             mbps[i].push(rate);
             rss[i].extend(peak);
         }
@@ -85,7 +99,7 @@ pub async fn run(s: &Settings, targets: &[Target], nonce: u64) -> anyhow::Result
     let med = |v: &mut Vec<f64>| super::median(v);
     let rate: Vec<f64> = mbps.iter_mut().map(med).collect();
     let peak: Vec<f64> = rss.iter_mut().map(med).collect();
-    Ok(vec![
+    let mut rows = vec![
         Row {
             metric: format!("push {mib} MiB ×{n} at once (MB/s)"),
             berth: rate[0],
@@ -100,7 +114,15 @@ pub async fn run(s: &Settings, targets: &[Target], nonce: u64) -> anyhow::Result
             target: "-".to_string(),
             verdict: None,
         },
-    ])
+    ];
+    if s.data_dir.is_some() {
+        rows.extend(super::writeback::rows(
+            &format!("push {mib} MiB ×{n} at once"),
+            n * s.push_clients_bytes,
+            &timed,
+        ));
+    }
+    Ok(rows)
 }
 
 async fn push(mut c: Conn, data: Bytes, digest: String) -> anyhow::Result<()> {

@@ -35,8 +35,10 @@ use tokio::net::TcpStream;
 mod big_pull;
 mod concurrent_push;
 mod rss;
+mod writeback;
 
 use rss::{PeakRss, fmt_mib};
+use writeback::DataDir;
 
 const USAGE: &str = "\
 registry benchmark: berth next to a peer registry (normally run by scripts/bench.sh)
@@ -49,6 +51,9 @@ registry benchmark: berth next to a peer registry (normally run by scripts/bench
   --berth-pid PID        berth's process id, to report its CPU use      (env BENCH_BERTH_PID)
   --peer-pid PID         the peer's process id                          (env BENCH_PEER_PID)
   --storage-note TEXT    where the registries store data, for the report (env BENCH_STORAGE)
+  --data-dir PATH        the folder holding both registries' data: the bench syncs its file
+                         system before every timed push, reports the writeback each push left
+                         behind, and the disk's own fsynced write rate    (env BENCH_DATA_DIR)
   --push-mib N           size of the pushed blob in MiB [100]
   --push-reps N          pushes per registry and push mode; the median is reported [5]
   --pull-kib N           size of the pulled blob in KiB [1024]
@@ -74,6 +79,7 @@ struct Settings {
     berth: Option<Target>,
     peer: Option<Target>,
     storage_note: String,
+    data_dir: Option<DataDir>,
     push_bytes: usize,
     push_reps: usize,
     pull_bytes: usize,
@@ -216,6 +222,7 @@ fn parse_settings() -> anyhow::Result<Option<Settings>> {
         peer,
         storage_note: get("--storage-note", "BENCH_STORAGE")
             .unwrap_or_else(|| "not stated".to_string()),
+        data_dir: get("--data-dir", "BENCH_DATA_DIR").map(|d| DataDir::new(d.into())),
         push_bytes: num(
             get("--push-mib", "BENCH_PUSH_MIB"),
             if quick { 16 } else { 100 },
@@ -544,6 +551,8 @@ struct PushSample {
     /// The closing PUT of a streamed push: verification and commit.
     commit: Duration,
     cpu: CpuUse,
+    /// The disk work the push left for after its answer (with `--data-dir`).
+    writeback: Option<Duration>,
 }
 
 const PUSH_FRAME: usize = 1 << 20;
@@ -565,10 +574,15 @@ async fn push_once(
     data: Bytes,
     digest: &str,
     mode: PushMode,
+    data_dir: Option<&DataDir>,
 ) -> anyhow::Result<PushSample> {
     let size = data.len();
     let mut c = Conn::open(t).await?;
-    // Settle: nothing of the previous push should still be freeing memory.
+    // Settle: nothing of the previous push should still be freeing memory, or waiting to
+    // be written to the disk at this push's expense.
+    if let Some(dir) = data_dir {
+        dir.settle()?;
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let before = cpu_snap(t.pid);
     let started = Instant::now();
@@ -650,11 +664,13 @@ async fn push_once(
         "{}: HEAD of the pushed blob answered {status} with length {got_len:?}, want {size}",
         t.name
     );
+    let writeback = data_dir.map(DataDir::settle).transpose()?;
     Ok(PushSample {
         total,
         transfer,
         commit,
         cpu,
+        writeback,
     })
 }
 
@@ -1218,6 +1234,19 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    if let (Some(dir), false) = (&s.data_dir, push_modes.is_empty()) {
+        let limit = dir.write_limit(s.push_bytes, &base)?;
+        println!(
+            "-- the storage alone: {mib} MiB written in 1 MiB pieces and fsynced: {limit:.1} MB/s"
+        );
+        rows.push(Row {
+            metric: format!("storage limit: {mib} MiB write+fsync (MB/s)"),
+            berth: limit,
+            peer: None,
+            target: "-".to_string(),
+            verdict: None,
+        });
+    }
     for mode in push_modes {
         let label = match mode {
             PushMode::Streamed => "POST + PATCH (whole blob, chunked) + PUT ?digest=",
@@ -1237,16 +1266,27 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             }
             for i in order {
                 let t = &targets[i];
-                let sample = push_once(t, "bench/push", data.clone(), &digest, mode)
-                    .await
-                    .with_context(|| format!("push to {}", t.name))?;
+                let sample = push_once(
+                    t,
+                    "bench/push",
+                    data.clone(),
+                    &digest,
+                    mode,
+                    s.data_dir.as_ref(),
+                )
+                .await
+                .with_context(|| format!("push to {}", t.name))?;
                 println!(
-                    "   {:<13} rep {rep}: {:7.1} MB/s  total {:6.1} ms  (transfer {:6.1} ms, final PUT {:5.1} ms)  cores: {}",
+                    "   {:<13} rep {rep}: {:7.1} MB/s  total {:6.1} ms  (transfer {:6.1} ms, final PUT {:5.1} ms{})  cores: {}",
                     t.name,
                     s.push_bytes as f64 / sample.total.as_secs_f64() / 1e6,
                     sample.total.as_secs_f64() * 1e3,
                     sample.transfer.as_secs_f64() * 1e3,
                     sample.commit.as_secs_f64() * 1e3,
+                    sample.writeback.map_or(String::new(), |w| format!(
+                        "; writeback left {:.1} ms",
+                        w.as_secs_f64() * 1e3
+                    )),
                     fmt_cores(&sample.cpu),
                 );
                 samples[i].push(sample);
@@ -1267,6 +1307,10 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             );
         }
         let peer = mbps.get(1).copied();
+        let mode_name = match mode {
+            PushMode::Streamed => "POST+PATCH+PUT",
+            PushMode::Monolithic => "POST+PUT monolithic",
+        };
         let (target, verdict) = match mode {
             PushMode::Streamed => (
                 "≥ 1000 MB/s and ≥ 2×".to_string(),
@@ -1275,18 +1319,23 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             PushMode::Monolithic => ("-".to_string(), None),
         };
         rows.push(Row {
-            metric: format!(
-                "push {mib} MiB, {} (MB/s)",
-                match mode {
-                    PushMode::Streamed => "POST+PATCH+PUT",
-                    PushMode::Monolithic => "POST+PUT monolithic",
-                }
-            ),
+            metric: format!("push {mib} MiB, {mode_name} (MB/s)"),
             berth: mbps[0],
             peer,
             target,
             verdict,
         });
+        if s.data_dir.is_some() {
+            let timed: Vec<Vec<_>> = samples
+                .iter()
+                .map(|v| v.iter().map(|p| (p.total, p.writeback)).collect())
+                .collect();
+            rows.extend(writeback::rows(
+                &format!("push {mib} MiB, {mode_name}"),
+                s.push_bytes,
+                &timed,
+            ));
+        }
         println!();
     }
     drop(base);
@@ -1372,8 +1421,13 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     // ---- summary
     let peer_col = peer_name.unwrap_or_else(|| "(no peer)".to_string());
     println!("== summary (medians) ==");
+    let width = rows
+        .iter()
+        .map(|r| r.metric.chars().count())
+        .max()
+        .unwrap_or(6);
     println!(
-        "{:<38} {:>10} {:>13} {:>8}  {:<22} result",
+        "{:<width$} {:>10} {:>13} {:>8}  {:<22} result",
         "metric", "berth", peer_col, "ratio", "target"
     );
     for r in &rows {
@@ -1382,7 +1436,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             .filter(|&p| p != 0.0 && p.is_finite() && r.berth.is_finite())
             .map_or("-".to_string(), |p| format!("{:.2}×", r.berth / p));
         println!(
-            "{:<38} {:>10.1} {:>13} {:>8}  {:<22} {}",
+            "{:<width$} {:>10.1} {:>13} {:>8}  {:<22} {}",
             r.metric,
             r.berth,
             r.peer.map_or("-".to_string(), |p| format!("{p:.1}")),

@@ -6,7 +6,7 @@
 //! anything, commit on top of the fetched head and push without force. The guarantees:
 //! - **One commit per push**: each commit carries trailers naming the trigger, the tag,
 //!   the digest and when the image was pushed. A push already committed (or recorded)
-//!   since the file was last written is not committed again, nor is a file that already
+//!   on the branch is not committed again, nor is a file that already
 //!   holds the value, so replicas firing for one push make one commit between them (the
 //!   loser of the race is refused, fetches, and finds the push there).
 //! - **No lost update, no rewritten history**: a refused push (someone committed in
@@ -473,16 +473,21 @@ fn replace(
 enum Prior {
     /// Nothing that concerns this push: apply it.
     None,
-    /// This push (tag and digest) was committed or recorded since the file was last
-    /// written: a replica or a retry fired it again.
+    /// This push (tag and digest) was committed or recorded already: a replica or a
+    /// retry fired it again.
     Recorded,
     /// The file holds a newer push of this trigger: `(commit, tag)`.
     Newer { commit: String, tag: String },
 }
 
 /// Reads this trigger's commits on the branch (first parents, [`TRAILER_DEPTH`] deep),
-/// newest first, down to the last one that wrote the file (records of superseded
-/// pushes carry `Berth-Superseded-By` and wrote nothing).
+/// newest first: whether this push (tag and digest) is among them, and whether the
+/// last one that wrote the file is for a newer push (records of superseded pushes
+/// carry `Berth-Superseded-By` and wrote nothing).
+///
+/// The whole depth is searched for the push, not only down to the last write: two
+/// replicas (a push event on one, the leader's catch-up on the other) may fire one
+/// push after a newer one was written over it.
 fn prior(repo: &Repository, head: Oid, request: &Request) -> Prior {
     let Ok(mut walk) = repo.revwalk() else {
         return Prior::None;
@@ -491,9 +496,10 @@ fn prior(repo: &Repository, head: Oid, request: &Request) -> Prior {
         return Prior::None;
     }
     let marker = format!("Berth-Trigger: {}\n", request.trigger);
+    let mut last_write: Option<Prior> = None;
     for oid in walk.take(TRAILER_DEPTH).flatten() {
         let Ok(commit) = repo.find_commit(oid) else {
-            return Prior::None;
+            break;
         };
         let message = commit.message().unwrap_or_default();
         if !message.contains(&marker) {
@@ -509,19 +515,19 @@ fn prior(repo: &Repository, head: Oid, request: &Request) -> Prior {
         if digest == request.digest && tag == request.tag {
             return Prior::Recorded;
         }
-        if trailer("Berth-Superseded-By:").is_some() {
+        if last_write.is_some() || trailer("Berth-Superseded-By:").is_some() {
             continue;
         }
         let pushed_at: Option<Timestamp> = trailer("Berth-Pushed-At:").and_then(|t| t.parse().ok());
-        return match pushed_at {
+        last_write = Some(match pushed_at {
             Some(at) if at > request.pushed_at => Prior::Newer {
                 commit: oid.to_string(),
                 tag,
             },
             _ => Prior::None,
-        };
+        });
     }
-    Prior::None
+    last_write.unwrap_or(Prior::None)
 }
 
 /// The message template with its placeholders replaced.
@@ -647,6 +653,12 @@ mod tests {
         let v3 = write_back(request(&url, "v3", 300)).await.unwrap();
         assert!(matches!(v3, Outcome::Committed { .. }), "{v3:?}");
         assert!(file(&bare).contains("newTag: v3"));
+        // v2 fired once more (a replica's catch-up) after v3 was written: on the branch
+        // already, so neither written nor recorded again.
+        assert!(matches!(
+            write_back(request(&url, "v2", 201)).await.unwrap(),
+            Outcome::AlreadyCurrent { .. }
+        ));
     }
 
     #[test]

@@ -481,7 +481,7 @@ enum Prior {
 }
 
 /// Reads this trigger's commits on the branch (first parents, [`TRAILER_DEPTH`] deep),
-/// newest first: whether this push (tag and digest) is among them, and whether the
+/// newest first: whether this push (tag, digest and push time) is among them, and whether the
 /// last one that wrote the file is for a newer push (records of superseded pushes
 /// carry `Berth-Superseded-By` and wrote nothing).
 ///
@@ -512,13 +512,16 @@ fn prior(repo: &Repository, head: Oid, request: &Request) -> Prior {
         };
         let digest = trailer("Berth-Digest:").unwrap_or_default();
         let tag = trailer("Berth-Tag:").unwrap_or_default();
-        if digest == request.digest && tag == request.tag {
+        let pushed_at: Option<Timestamp> = trailer("Berth-Pushed-At:").and_then(|t| t.parse().ok());
+        if digest == request.digest
+            && tag == request.tag
+            && pushed_at.is_some_and(|at| same_moment(at, request.pushed_at))
+        {
             return Prior::Recorded;
         }
         if last_write.is_some() || trailer("Berth-Superseded-By:").is_some() {
             continue;
         }
-        let pushed_at: Option<Timestamp> = trailer("Berth-Pushed-At:").and_then(|t| t.parse().ok());
         last_write = Some(match pushed_at {
             Some(at) if at > request.pushed_at => Prior::Newer {
                 commit: oid.to_string(),
@@ -529,6 +532,17 @@ fn prior(repo: &Repository, head: Oid, request: &Request) -> Prior {
     }
     last_write.unwrap_or(Prior::None)
 }
+
+/// Whether two push times name one push: a push event carries the moment the registry
+/// answered, the leader's catch-up the time the tag was written, to the store's precision
+/// (seconds on S3). A later push of the same image to the same tag (a rollback by
+/// re-tagging) is further apart and is committed again.
+fn same_moment(a: Timestamp, b: Timestamp) -> bool {
+    a.duration_since(b).abs() <= SAME_PUSH_WITHIN
+}
+
+/// See [`same_moment`].
+const SAME_PUSH_WITHIN: jiff::SignedDuration = jiff::SignedDuration::from_secs(2);
 
 /// The message template with its placeholders replaced.
 pub fn render_message(template: &str, values: &[(&str, &str)]) -> String {
@@ -586,7 +600,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_push_commits_once_and_an_older_push_arriving_later_is_recorded_without_writing() {
+    async fn a_push_commits_once_an_older_push_arriving_later_is_recorded_and_a_later_repush_rolls_back()
+     {
         let root = tempfile::tempdir().unwrap();
         // The cache folder is keyed by the URL: a fresh temporary path, a fresh cache.
         let url = repository(root.path());
@@ -659,6 +674,13 @@ mod tests {
             write_back(request(&url, "v2", 201)).await.unwrap(),
             Outcome::AlreadyCurrent { .. }
         ));
+        // v2 pushed again later, over v3 (a rollback by re-tagging): a new push, committed.
+        let rollback = write_back(request(&url, "v2", 400)).await.unwrap();
+        assert!(
+            matches!(rollback, Outcome::Committed { .. }),
+            "{rollback:?}"
+        );
+        assert!(file(&bare).contains("newTag: v2"));
     }
 
     #[test]

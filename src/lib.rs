@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod oci;
 pub mod policy;
 pub mod registry;
+pub mod replicas;
 pub mod schedule;
 pub mod server;
 pub mod storage;

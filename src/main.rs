@@ -18,6 +18,8 @@ use berth::metrics::Metrics;
 use berth::policy::{Policy, Snapshot};
 use berth::registry::RegistryState;
 use berth::registry::events::PushEvents;
+use berth::replicas::ReplicaMetrics;
+use berth::replicas::push_log::{PushLogSettings, PushLogTail};
 use berth::schedule::Schedule;
 use berth::storage::{BlobReads, GcOptions, StorageLocation, Store};
 use berth::sync::{self, SyncMetrics};
@@ -228,6 +230,17 @@ struct RegistryArgs {
     /// first, for a folder whose files something other than berth might truncate.
     #[arg(long, default_value = "mapped", env = "BERTH_BLOB_READS")]
     blob_reads: BlobReads,
+
+    /// Replicas sharing storage append each push they take to a log in it, and the
+    /// leader lists the log this often to hand the others' pushes to its triggers and
+    /// sync rules: a follower's push waits at most about this long, and the leader makes
+    /// one LIST request each time (followers none). `0s` turns the push log off.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration, env = "BERTH_PUSH_LOG_POLL")]
+    push_log_poll: std::time::Duration,
+
+    /// The leader deletes push log records older than this.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "BERTH_PUSH_LOG_RETENTION")]
+    push_log_retention: std::time::Duration,
 }
 
 impl RegistryArgs {
@@ -246,6 +259,14 @@ impl RegistryArgs {
             untagged_delay: self.gc_untagged_delay,
         };
         Ok(Collector::new(store.clone(), options, schedule, registry))
+    }
+
+    /// The push log's settings, or `None` when it is turned off.
+    fn push_log(&self) -> Option<PushLogSettings> {
+        (!self.push_log_poll.is_zero()).then_some(PushLogSettings {
+            poll: self.push_log_poll,
+            retention: self.push_log_retention,
+        })
     }
 
     fn auth_settings(&self) -> berth::auth::Settings {
@@ -276,10 +297,16 @@ struct ServeArgs {
     config_dir: Option<PathBuf>,
 
     /// The key that signs tokens and login credentials (created if missing). Default:
-    /// `auth/signing-key` in the storage directory; with S3 storage and no key file, a key that lasts
-    /// until restart.
+    /// `auth/signing-key` in the storage: a file in the storage directory, or on S3 an
+    /// object the first replica creates and every other replica (and restart) reads.
     #[arg(long, env = "BERTH_SIGNING_KEY_FILE")]
     signing_key_file: Option<PathBuf>,
+
+    /// With S3 storage, replicas elect a leader with a lease object in the bucket; the
+    /// leader alone runs garbage collection, aging, sync and Triggers. When the leader
+    /// stops renewing, another replica takes over after this long.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "BERTH_LEADER_LEASE_DURATION")]
+    leader_lease_duration: std::time::Duration,
 
     /// A kubeconfig file: the folder's Triggers update that cluster's workloads. Without
     /// it, Triggers only warn that they have no cluster.
@@ -420,6 +447,8 @@ fn location(args: &RegistryArgs) -> anyhow::Result<StorageLocation> {
 struct Storage {
     store: Store,
     location: StorageLocation,
+    /// This process's name among replicas (`--replica-id`).
+    replica: String,
 }
 
 fn open_store(args: &RegistryArgs) -> anyhow::Result<Storage> {
@@ -435,24 +464,101 @@ fn open_store(args: &RegistryArgs) -> anyhow::Result<Storage> {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "standalone".into());
     let store = store.with_replica(&replica);
-    Ok(Storage { store, location })
+    Ok(Storage {
+        store,
+        location,
+        replica,
+    })
 }
 
-fn standalone_signing_key(
-    args: &ServeArgs,
-    location: &StorageLocation,
-) -> anyhow::Result<SigningKey> {
-    let path = match (&args.signing_key_file, location) {
+async fn standalone_signing_key(args: &ServeArgs, storage: &Storage) -> anyhow::Result<SigningKey> {
+    let path = match (&args.signing_key_file, &storage.location) {
         (Some(path), _) => path.clone(),
         (None, StorageLocation::Local(dir)) => dir.join("auth/signing-key"),
         (None, StorageLocation::S3(_)) => {
-            tracing::warn!(
-                "no --signing-key-file: tokens and login credentials will not survive a restart"
-            );
-            return Ok(SigningKey::generate());
+            // One key per bucket, so every replica verifies what another issued.
+            let bytes = storage
+                .store
+                .shared_signing_key(|| SigningKey::generate().bytes().to_vec())
+                .await
+                .context("reading or creating the signing key in the bucket")?;
+            return SigningKey::from_bytes(bytes.to_vec()).with_context(|| {
+                format!(
+                    "the signing key in the bucket is shorter than {} bytes",
+                    berth::auth::key::KEY_LEN
+                )
+            });
         }
     };
     Ok(SigningKey::load_or_create(&path)?)
+}
+
+/// Whether this process leads the replicas sharing its storage, kept up to date. A
+/// local directory has one process; S3 replicas elect one with a lease in the bucket.
+async fn standalone_leadership(
+    args: &ServeArgs,
+    storage: &Storage,
+    identity: &str,
+    metrics: Arc<ReplicaMetrics>,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(true);
+    if storage.store.is_local() {
+        metrics.set_leading(true);
+        // The sender lives as long as the process: the answer never changes.
+        tokio::spawn(async move {
+            let _always = tx;
+            std::future::pending::<()>().await
+        });
+        return rx;
+    }
+    let mut election = berth::replicas::lease::BucketElection::new(
+        storage.store.clone(),
+        identity,
+        args.leader_lease_duration,
+        metrics,
+    );
+    // Decide before anything starts, so a lone replica leads from its first request.
+    tx.send_replace(election.attempt().await);
+    tokio::spawn(election.run(tx));
+    rx
+}
+
+/// The push log of this process: its pushes are appended, and while it leads (`leading`)
+/// the other replicas' are read into `events`. `None` when turned off or alone on a directory.
+fn push_log(
+    args: &RegistryArgs,
+    store: &Store,
+    writer: &str,
+    metrics: &Arc<ReplicaMetrics>,
+) -> (PushEvents, Option<PushLogTail>) {
+    let Some(settings) = args.push_log() else {
+        return (PushEvents::default(), None);
+    };
+    let (events, outbox) = PushEvents::with_outbox();
+    tokio::spawn(berth::replicas::push_log::write(
+        store.clone(),
+        writer.to_string(),
+        outbox,
+        metrics.clone(),
+    ));
+    let tail = PushLogTail::new(
+        store.clone(),
+        writer.to_string(),
+        events.clone(),
+        settings,
+        metrics.clone(),
+    );
+    (events, Some(tail))
+}
+
+/// Clears the sync engine's rules when dropped: a replica that stops leading leaves
+/// replication to the new leader.
+struct ClearRulesOnDrop(Arc<sync::Engine>);
+
+impl Drop for ClearRulesOnDrop {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -461,13 +567,40 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => Users::default(),
         Some(_) => Users::pending(),
     };
-    let events = PushEvents::default();
     let mut metrics = Metrics::new_unshared();
     let trigger_metrics = TriggerMetrics::register(&mut metrics.registry);
     let sync_metrics = SyncMetrics::register(&mut metrics.registry);
+    let replica_metrics = ReplicaMetrics::register(&mut metrics.registry);
     let gc = args
         .registry
         .collector(&storage.store, &mut metrics.registry)?;
+    let writer = berth::replicas::writer_id();
+    let identity = format!("{}-{writer}", storage.replica);
+    let leading = standalone_leadership(&args, &storage, &identity, replica_metrics.clone()).await;
+    // A directory has one process: nobody else to tell of a push.
+    let (events, tail) = match storage.store.is_local() {
+        true => (PushEvents::default(), None),
+        false => push_log(&args.registry, &storage.store, &writer, &replica_metrics),
+    };
+    if let Some(tail) = tail {
+        let tail = Arc::new(tail);
+        tokio::spawn(berth::replicas::while_leading(leading.clone(), move || {
+            let tail = tail.clone();
+            async move { tail.run().await }
+        }));
+    }
+    tokio::spawn({
+        let gc = gc.clone();
+        let mut leading = leading.clone();
+        async move {
+            loop {
+                gc.set_active(*leading.borrow_and_update());
+                if leading.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
     let (listener, hosts) = bind(&args.registry).await?;
     let policy = match &args.config_dir {
         None => {
@@ -488,18 +621,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 policy.clone(),
                 users.clone(),
             ));
-            tokio::spawn(berth::aging::standalone::run(
-                ConfigFolder::new(dir),
+            let aging = (
+                dir.clone(),
                 storage.store.clone(),
                 policy.clone(),
                 gc.clone(),
-            ));
+            );
+            tokio::spawn(berth::replicas::while_leading(leading.clone(), move || {
+                let (dir, store, policy, gc) = &aging;
+                berth::aging::standalone::run(
+                    ConfigFolder::new(dir),
+                    store.clone(),
+                    policy.clone(),
+                    gc.clone(),
+                )
+            }));
             policy
         }
     };
     let auth = Auth::new(
         users,
-        standalone_signing_key(&args, &storage.location)?,
+        standalone_signing_key(&args, &storage).await?,
         args.registry.auth_settings(),
         None,
         metrics.password_checks.clone(),
@@ -513,6 +655,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             hosts,
             metrics: trigger_metrics,
             pushes: events.clone(),
+            leading: leading.clone(),
         },
     )
     .await?;
@@ -527,12 +670,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let engine = sync_engine(&state, sync_metrics);
         tokio::spawn(engine.clone().listen(events));
         let (first_pass, applied) = tokio::sync::oneshot::channel();
-        tokio::spawn(sync::standalone::run(
-            ConfigFolder::new(dir),
-            engine,
-            storage.store.clone(),
-            Some(first_pass),
-        ));
+        let first_pass = Arc::new(std::sync::Mutex::new(Some(first_pass)));
+        if !*leading.borrow() {
+            // A follower runs no rules: nothing to wait for.
+            if let Some(tx) = first_pass.lock().expect("first pass lock").take() {
+                let _ = tx.send(());
+            }
+        }
+        let (dir, store) = (dir.clone(), storage.store.clone());
+        tokio::spawn(berth::replicas::while_leading(leading.clone(), move || {
+            let engine = engine.clone();
+            let store = store.clone();
+            let first = first_pass.lock().expect("first pass lock").take();
+            let folder = ConfigFolder::new(&dir);
+            async move {
+                let _clear = ClearRulesOnDrop(engine.clone());
+                sync::standalone::run(folder, engine, store, first).await
+            }
+        }));
         // Serve once the folder's SyncRules listen for pushes, so none is missed; a
         // folder that cannot be read is reported by the rules' task and served anyway.
         if tokio::time::timeout(std::time::Duration::from_secs(10), applied)
@@ -553,8 +708,11 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         .context("connecting to Kubernetes (in-cluster, or KUBECONFIG)")?;
     let storage = open_store(&args.registry)?;
     let policy = Policy::pending();
-    let events = PushEvents::default();
     let mut metrics = Metrics::new_unshared();
+    let replica_metrics = ReplicaMetrics::register(&mut metrics.registry);
+    // Every replica logs its pushes; the Lease holder reads the others' (see run_operator).
+    let writer = berth::replicas::writer_id();
+    let (events, tail) = push_log(&args.registry, &storage.store, &writer, &replica_metrics);
     let controller_metrics = ControllerMetrics::register(&mut metrics.registry);
     let trigger_metrics = TriggerMetrics::register(&mut metrics.registry);
     let sync_metrics = SyncMetrics::register(&mut metrics.registry);
@@ -626,6 +784,7 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
         )
         .with_triggers(hosts, trigger_metrics)
         .with_gc(gc.clone())
+        .with_replicas(tail, replica_metrics)
         .with_events(&identity),
     );
     tokio::spawn(controller::run_operator(ctx, election));

@@ -59,6 +59,9 @@ pub struct Context {
     pub sync: Arc<crate::sync::Engine>,
     /// Kubernetes Events about the resources (condition changes, Trigger firings).
     pub events: events::Announcer,
+    /// The reader of the other replicas' pushes, run while this replica leads.
+    push_log: Option<Arc<crate::replicas::push_log::PushLogTail>>,
+    replica_metrics: Option<Arc<crate::replicas::ReplicaMetrics>>,
     backoff: Backoff,
 }
 
@@ -101,8 +104,22 @@ impl Context {
             gc: None,
             sync,
             events: events::Announcer::disabled(),
+            push_log: None,
+            replica_metrics: None,
             backoff: Backoff::default(),
         }
+    }
+
+    /// Reads the pushes other replicas took into `pushes` while this replica leads
+    /// (`tail`), and reports whether it leads in `metrics`.
+    pub fn with_replicas(
+        mut self,
+        tail: Option<crate::replicas::push_log::PushLogTail>,
+        metrics: Arc<crate::replicas::ReplicaMetrics>,
+    ) -> Self {
+        self.push_log = tail.map(Arc::new);
+        self.replica_metrics = Some(metrics);
+        self
     }
 
     /// The garbage collector this replica runs while it leads.
@@ -114,6 +131,9 @@ impl Context {
     fn set_leading(&self, leading: bool) {
         if let Some(gc) = &self.gc {
             gc.set_active(leading);
+        }
+        if let Some(metrics) = &self.replica_metrics {
+            metrics.set_leading(leading);
         }
     }
 
@@ -176,8 +196,15 @@ pub async fn run_operator(ctx: Arc<Context>, election: leader::LeaderElection) {
         }
         tracing::info!("starting reconcilers");
         ctx.set_leading(true);
+        let tail = async {
+            match &ctx.push_log {
+                Some(tail) => tail.run().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = run_controllers(ctx.clone()) => {}
+            _ = tail => {}
             _ = leading.wait_for(|l| !*l) => tracing::warn!("stopped reconciling: no longer the leader"),
         }
         ctx.set_leading(false);

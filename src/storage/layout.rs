@@ -11,7 +11,14 @@
 //!                                                      is unique per request, so racing requests never share a part
 //! sync/<rule>/since                                    when a SyncRule was first seen (standalone)
 //! pulls/<repo>/<replica>                               pull counts per manifest digest, written by one replica only (JSON PullCounts)
+//! auth/signing-key                                     the key that signs tokens, shared by every replica (created once)
+//! events/<micros>-<writer>-<seq>                       one push announced to the other replicas (JSON PushRecord),
+//!                                                      create-only; <micros> orders the log, pruned by the leader
+//! leader/lease                                         which `berth serve` replica leads (JSON BucketLease), If-Match
 //! ```
+//!
+//! Only `blobs/` and `repositories/` hold registry content: listings, the catalog and
+//! garbage collection never look at `auth/`, `events/` or `leader/`.
 //!
 //! `<repo>` is the repository name with `/` written as `+` (a character names cannot
 //! contain), so the catalog is one delimited listing of `repositories/` rather than a
@@ -53,7 +60,15 @@ pub enum Key<'a> {
     PullCounts(&'a RepositoryName, &'a str),
     /// Every replica's pull counts of a repository.
     PullCountsAll(&'a RepositoryName),
+    SigningKey,
+    /// One push record: its time (microseconds since the epoch), writer and sequence.
+    PushRecord(i64, &'a str, u64),
+    PushRecords,
+    LeaderLease,
 }
+
+/// Digits of a push record's time, so keys sort as their times do.
+const RECORD_TIME_DIGITS: usize = 20;
 
 fn repo_dir(repo: &RepositoryName) -> String {
     format!("repositories/{}", repo.as_str().replace('/', "+"))
@@ -103,9 +118,28 @@ impl Key<'_> {
                 format!("pulls/{}/{replica}", r.as_str().replace('/', "+"))
             }
             Key::PullCountsAll(r) => format!("pulls/{}", r.as_str().replace('/', "+")),
+            Key::SigningKey => "auth/signing-key".to_string(),
+            Key::PushRecord(micros, writer, seq) => {
+                format!("events/{}-{writer}-{seq:08}", push_record_time(*micros))
+            }
+            Key::PushRecords => "events".to_string(),
+            Key::LeaderLease => "leader/lease".to_string(),
         };
         Path::from(s)
     }
+}
+
+/// The first part of a push record's name: its time, zero-padded to sort in order (a
+/// time before 1970 counts as 1970). Also what a listing starts after.
+pub fn push_record_time(micros: i64) -> String {
+    format!("{:0width$}", micros.max(0), width = RECORD_TIME_DIGITS)
+}
+
+/// The time and writer in a push record's name (`<micros>-<writer>-<seq>`).
+pub fn parse_push_record(name: &str) -> Option<(i64, &str)> {
+    let (time, rest) = name.split_once('-')?;
+    let (writer, _seq) = rest.rsplit_once('-')?;
+    Some((time.parse().ok()?, writer))
 }
 
 /// Turns a directory name under `repositories/` back into the repository name.
@@ -161,10 +195,26 @@ mod tests {
                 Key::UploadPart("u1", 42, "w7"),
                 "uploads/u1/parts/00000000000000000042-w7".into(),
             ),
+            (Key::SigningKey, "auth/signing-key".into()),
+            (
+                Key::PushRecord(1_700_000_000_000_000, "w1a2", 3),
+                "events/00001700000000000000-w1a2-00000003".into(),
+            ),
+            (Key::LeaderLease, "leader/lease".into()),
         ];
         for (key, want) in cases {
             assert_eq!(key.path().as_ref(), want, "{key:?}");
         }
         assert_eq!(repository_from_dir("team-a+app"), Some(repo));
+    }
+
+    #[test]
+    fn push_record_names_sort_by_time_and_give_back_their_writer() {
+        let early = Key::PushRecord(999, "b", 0).path();
+        let late = Key::PushRecord(1_000, "a", 0).path();
+        assert!(early.as_ref() < late.as_ref());
+        let name = late.filename().unwrap();
+        assert_eq!(parse_push_record(name), Some((1_000, "a")));
+        assert_eq!(parse_push_record("garbage"), None);
     }
 }

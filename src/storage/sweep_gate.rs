@@ -14,8 +14,17 @@
 //!   claim and keeps the object, or the writer waits until the delete is done and then
 //!   finds the object missing (and uploads it again, or is told to).
 //!
-//! Claims are in this process's memory: one process sweeps a store (the operator's
-//! leader); other processes writing to the same bucket are covered by the grace period.
+//! Claims are in this process's memory: one process sweeps a store (the leader). Other
+//! replicas writing to the same bucket are covered by the grace period only when they
+//! write something new. A replica that only *links* old content (a deduplicated commit,
+//! a mount) or pushes a manifest naming old links, after the sweep listed its repository
+//! and before the sweep deletes, is not covered yet. The planned fix (issue #13): the
+//! sweep writes a marker object before it lists and removes it when done; such a writer,
+//! after writing its link and before answering, reads the marker (before and after its
+//! existence check): with no sweep running across that window the sweep's listing sees
+//! the link; otherwise it waits for the sweep to end and checks that what it relies on
+//! still exists, removing its link and failing (or, for a mount, asking for an upload)
+//! when it does not.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -16,9 +16,19 @@ mod git_server;
 mod gitops;
 mod images;
 mod kubectl_output;
+#[allow(
+    dead_code,
+    reason = "shared with the storage suite, which uses all of it"
+)]
+#[path = "../storage/minio_server.rs"]
+mod minio_server;
 mod operator;
 mod reconcile;
 mod resources;
+mod scale_out;
+#[allow(dead_code, reason = "shared with the storage suite")]
+#[path = "../storage/sigv4.rs"]
+mod sigv4;
 mod ssh_server;
 mod sync;
 mod triggers;

@@ -35,6 +35,15 @@ pub fn admin_creds() -> String {
 
 impl Operator {
     pub fn start(cluster: &TestCluster, extra_args: &[&str]) -> Operator {
+        Operator::start_with_env(cluster, extra_args, &[])
+    }
+
+    /// As [`Operator::start`], with more environment (e.g. the S3 settings).
+    pub fn start_with_env(
+        cluster: &TestCluster,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Operator {
         let admin = format!(
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {ADMIN_USER}\n  namespace: {}\n  labels: {{berth.dev/user: \"true\"}}\nstringData:\n  password: {ADMIN_PASSWORD}\n  admin: \"true\"\n",
             cluster.namespace()
@@ -48,16 +57,14 @@ impl Operator {
         let kubeconfig = cluster.kubeconfig_path().to_str().expect("UTF-8 path");
         // Its own Git cache, as each Pod has its own /tmp.
         let git_cache = cluster.dir().join(format!("git-cache-{pod_name}"));
-        let berth = Berth::start_subcommand(
-            "operator",
-            extra_args,
-            &[
-                ("KUBECONFIG", kubeconfig),
-                ("POD_NAMESPACE", &pod_namespace),
-                ("POD_NAME", &pod_name),
-                ("BERTH_GIT_CACHE", git_cache.to_str().expect("UTF-8 path")),
-            ],
-        );
+        let mut env = vec![
+            ("KUBECONFIG", kubeconfig),
+            ("POD_NAMESPACE", &pod_namespace),
+            ("POD_NAME", &pod_name),
+            ("BERTH_GIT_CACHE", git_cache.to_str().expect("UTF-8 path")),
+        ];
+        env.extend_from_slice(extra_env);
+        let berth = Berth::start_subcommand("operator", extra_args, &env);
         let operator = Operator {
             berth,
             pod_name,

@@ -116,7 +116,12 @@ where
         .unwrap()
 }
 
-async fn deployment(cluster: &TestCluster, name: &str, image: &str, extra: Value) -> Deployment {
+pub(crate) async fn deployment(
+    cluster: &TestCluster,
+    name: &str,
+    image: &str,
+    extra: Value,
+) -> Deployment {
     create(cluster, workload("Deployment", name, image, extra)).await
 }
 
@@ -136,7 +141,7 @@ fn template_image(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> Str
         .unwrap()
 }
 
-async fn image_of(cluster: &TestCluster, name: &str) -> (String, i64) {
+pub(crate) async fn image_of(cluster: &TestCluster, name: &str) -> (String, i64) {
     let d = deployments(cluster).get(name).await.unwrap();
     (
         template_image(&d.spec.unwrap().template),
@@ -209,7 +214,7 @@ pub(crate) async fn wait_result(
     .await
 }
 
-async fn wait_image(cluster: &TestCluster, name: &str, image: &str) -> i64 {
+pub(crate) async fn wait_image(cluster: &TestCluster, name: &str, image: &str) -> i64 {
     wait_for(
         &format!("Deployment {name} running {image}"),
         Duration::from_secs(30),

@@ -1,8 +1,9 @@
 //! Scale-out: three `berth serve` processes on one MinIO bucket prefix serve one
 //! registry. Pushes through any replica pull whole from every other, chunked uploads
 //! hop between replicas, racing chunks on one session never leave bytes under a digest
-//! they do not hash to, racing pushes of one tag leave one whole manifest, and a replica
-//! killed mid-push loses nothing that was committed.
+//! they do not hash to, racing pushes of one tag leave one whole manifest, a replica
+//! killed mid-push loses nothing that was committed, and a token issued by one replica
+//! is accepted by the others and after restarts (one signing key per bucket).
 
 use reqwest::StatusCode;
 
@@ -15,6 +16,11 @@ const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 
 /// Three replicas sharing `s3://bucket/<fresh prefix>`.
 fn three_replicas(server: &MinioServer) -> Vec<Berth> {
+    three_replicas_with(server, &[])
+}
+
+/// Three replicas sharing `s3://bucket/<fresh prefix>`, each with `extra` arguments.
+pub(crate) fn three_replicas_with(server: &MinioServer, extra: &[&str]) -> Vec<Berth> {
     let prefix = format!("replicas-{}", uuid::Uuid::new_v4().simple());
     let storage = format!("s3://{}/{prefix}", server.bucket);
     let env = server.aws_env();
@@ -22,9 +28,44 @@ fn three_replicas(server: &MinioServer) -> Vec<Berth> {
     (0..3)
         .map(|i| {
             let id = format!("replica-{i}");
-            Berth::start_with(&["--storage", &storage, "--replica-id", &id], &env)
+            let mut args = vec!["--storage", &storage, "--replica-id", &id];
+            args.extend_from_slice(extra);
+            Berth::start_with(&args, &env)
         })
         .collect()
+}
+
+/// Waits until `url` answers `/readyz` with 200 (configuration and users loaded).
+pub(crate) async fn wait_ready(url: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ready = reqwest::get(format!("{url}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK);
+        if ready {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} never became ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A config folder: the private namespace `team`, whose member alice pushes, and the
+/// administrator `root`.
+pub(crate) fn private_team_folder(extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "apiVersion: berth.dev/v1alpha1\nkind: Namespace\nmetadata: {name: team}\n\
+                spec:\n  visibility: private\n  autoCreateRepositories: true\n  members: [{user: alice, permission: write}]\n---\n\
+                apiVersion: v1\nkind: Secret\nmetadata:\n  name: user-alice\n  labels: {berth.dev/user: \"true\"}\n\
+                stringData: {username: alice, password: alice-password}\n---\n\
+                apiVersion: v1\nkind: Secret\nmetadata:\n  name: user-root\n  labels: {berth.dev/user: \"true\"}\n\
+                stringData: {username: root, password: root-password, admin: \"true\"}\n";
+    std::fs::write(dir.path().join("team.yaml"), yaml).unwrap();
+    std::fs::write(dir.path().join("extra.yaml"), extra).unwrap();
+    dir
 }
 
 /// Distinct, incompressible-looking bytes for `seed`.
@@ -430,4 +471,125 @@ async fn a_replica_killed_mid_push_loses_nothing_committed_and_the_others_keep_s
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+/// One signing key per bucket: a token issued by replica 0 pulls a private repository
+/// from replica 2, and still does after every replica was killed and started again
+/// (and a garbage collection ran) — the key is an object in the bucket, created by the
+/// first replica, read by the others, and neither served nor collected as content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_from_one_replica_pulls_a_private_repository_from_another_and_survives_restarts() {
+    let Some(server) = minio_server::shared() else {
+        return;
+    };
+    let folder = private_team_folder("");
+    let folder_arg = folder.path().to_str().unwrap();
+    let mut replicas = three_replicas_with(server, &["--config-dir", folder_arg]);
+    for r in &replicas {
+        wait_ready(&r.url()).await;
+    }
+    let http = reqwest::Client::new();
+    let repo = "team/app";
+    let config = content(1, 200);
+    let layer = content(2, 4096);
+    for blob in [&config, &layer] {
+        let resp = http
+            .post(format!(
+                "{}/v2/{repo}/blobs/uploads/?digest={}",
+                replicas[0].url(),
+                sha256(blob)
+            ))
+            .basic_auth("alice", Some("alice-password"))
+            .header("content-type", "application/octet-stream")
+            .body(blob.clone())
+            .send()
+            .await
+            .unwrap();
+        expect(resp, StatusCode::CREATED, "blob push as alice").await;
+    }
+    let body = manifest(&config, &[&layer]);
+    let resp = http
+        .put(format!("{}/v2/{repo}/manifests/v1", replicas[0].url()))
+        .basic_auth("alice", Some("alice-password"))
+        .header("content-type", MANIFEST_TYPE)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    expect(resp, StatusCode::CREATED, "manifest push as alice").await;
+
+    let token: serde_json::Value = http
+        .get(format!(
+            "{}/auth/token?service=berth&scope=repository:{repo}:pull",
+            replicas[0].url()
+        ))
+        .basic_auth("alice", Some("alice-password"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().expect("a token").to_string();
+    let pull = |url: String, token: Option<String>| {
+        let http = http.clone();
+        async move {
+            let mut req = http
+                .get(format!("{url}/v2/{repo}/manifests/v1"))
+                .header("accept", MANIFEST_TYPE);
+            if let Some(token) = token {
+                req = req.bearer_auth(token);
+            }
+            req.send().await.unwrap().status()
+        }
+    };
+    assert_eq!(
+        pull(replicas[2].url(), None).await,
+        StatusCode::UNAUTHORIZED,
+        "the repository is private"
+    );
+    for r in &replicas {
+        assert_eq!(
+            pull(r.url(), Some(token.clone())).await,
+            StatusCode::OK,
+            "replica 0's token on {}",
+            r.url()
+        );
+    }
+
+    // Whichever replica leads collects garbage; the key object is not content.
+    let mut collected = 0;
+    for r in &replicas {
+        let resp = http
+            .post(format!("{}/api/gc", r.url()))
+            .basic_auth("root", Some("root-password"))
+            .send()
+            .await
+            .unwrap();
+        collected += u32::from(resp.status().is_success());
+    }
+    assert_eq!(collected, 1, "exactly one replica leads and collects");
+    let catalog: serde_json::Value = http
+        .get(format!("{}/v2/_catalog", replicas[1].url()))
+        .basic_auth("root", Some("root-password"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(catalog["repositories"], serde_json::json!([repo]));
+
+    for r in &mut replicas {
+        r.restart();
+    }
+    for r in &replicas {
+        wait_ready(&r.url()).await;
+        assert_eq!(
+            pull(r.url(), Some(token.clone())).await,
+            StatusCode::OK,
+            "the token after a restart, on {}",
+            r.url()
+        );
+    }
 }

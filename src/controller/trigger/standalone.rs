@@ -8,6 +8,9 @@
 //! its outcome, each change of the `Ready` condition — and in the metrics
 //! (`berth_trigger_firings_total`, `berth_trigger_rollouts_total`, the latency histograms).
 //!
+//! With replicas sharing a bucket only the leader (see `crate::replicas`) fires and
+//! reconciles; it hears the other replicas' pushes through the push log.
+//!
 //! Without `--kubeconfig` there is no cluster to patch, and berth says so: a warning
 //! naming each Trigger when it is loaded, and for every push that matches one a warning
 //! and `berth_trigger_firings_total{result="NoCluster"}`.
@@ -19,7 +22,7 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::history::{self, StatusSink};
 use super::{Env, RegistryHosts, TriggerMetrics, listen, matching_tag, reconcile};
@@ -36,6 +39,8 @@ pub struct Parts {
     pub hosts: RegistryHosts,
     pub metrics: Arc<TriggerMetrics>,
     pub pushes: PushEvents,
+    /// Whether this replica leads: only the leader fires and reconciles.
+    pub leading: watch::Receiver<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +68,12 @@ pub async fn start(
     };
     let folder = ConfigFolder::new(dir);
     let Some(path) = kubeconfig else {
-        tokio::spawn(run_without_cluster(folder, parts.pushes, parts.metrics));
+        tokio::spawn(run_without_cluster(
+            folder,
+            parts.pushes,
+            parts.metrics,
+            parts.leading,
+        ));
         return Ok(());
     };
     let shown = path.display().to_string();
@@ -83,7 +93,10 @@ pub async fn start(
         // A Trigger here is a file: there may be no resource to attach an Event to.
         events: crate::controller::events::Announcer::disabled(),
     });
-    tokio::spawn(run(folder, env, parts.pushes));
+    let pushes = parts.pushes;
+    tokio::spawn(crate::replicas::while_leading(parts.leading, move || {
+        run(ConfigFolder::new(folder.dir()), env.clone(), pushes.clone())
+    }));
     Ok(())
 }
 
@@ -155,29 +168,28 @@ impl FolderTriggers {
     }
 }
 
-/// Runs the folder's Triggers against the cluster of `env`. Never returns.
+/// Runs the folder's Triggers against the cluster of `env` until dropped (when this
+/// replica stops leading).
 async fn run(folder: ConfigFolder, env: Arc<Env>, pushes: PushEvents) {
     let receiver = pushes.subscribe();
     let mut triggers = FolderTriggers::new(folder);
     triggers.refresh();
     let sink = StatusSink::local();
-    tokio::spawn(listen(
-        env.clone(),
-        receiver,
-        triggers.reader(),
-        sink.clone(),
-    ));
-    loop {
-        for trigger in triggers.refresh() {
-            tracing::info!(trigger = %history::key(&trigger), "trigger loaded from the config folder");
-        }
-        for trigger in triggers.current() {
-            if let Err(e) = reconcile::reconcile(&env, &trigger, &sink, RECONCILE_EVERY).await {
-                tracing::warn!(trigger = %history::key(&trigger), error = %e, "trigger reconcile failed; retrying");
+    let listening = listen(env.clone(), receiver, triggers.reader(), sink.clone());
+    let reconciling = async {
+        loop {
+            for trigger in triggers.refresh() {
+                tracing::info!(trigger = %history::key(&trigger), "trigger loaded from the config folder");
             }
+            for trigger in triggers.current() {
+                if let Err(e) = reconcile::reconcile(&env, &trigger, &sink, RECONCILE_EVERY).await {
+                    tracing::warn!(trigger = %history::key(&trigger), error = %e, "trigger reconcile failed; retrying");
+                }
+            }
+            tokio::time::sleep(RECONCILE_EVERY).await;
         }
-        tokio::time::sleep(RECONCILE_EVERY).await;
-    }
+    };
+    tokio::join!(listening, reconciling);
 }
 
 /// Reports that the folder's Triggers cannot act: there is no cluster. Never returns.
@@ -185,6 +197,7 @@ async fn run_without_cluster(
     folder: ConfigFolder,
     pushes: PushEvents,
     metrics: Arc<TriggerMetrics>,
+    leading: watch::Receiver<bool>,
 ) {
     let mut receiver = pushes.subscribe();
     let mut triggers = FolderTriggers::new(folder);
@@ -214,6 +227,8 @@ async fn run_without_cluster(
                 }
             }
             event = receiver.recv() => match event {
+                // Every replica hears the pushes it takes; the leader speaks for all.
+                Ok(_) if !*leading.borrow() => {}
                 Ok(event) => {
                     for trigger in triggers.current() {
                         if let Some(tag) = matching_tag(&trigger, &event) {

@@ -1,0 +1,117 @@
+//! Operator replicas sharing one S3 bucket (a real MinIO): a push that lands on the
+//! replica without the Lease rolls the workload out once, and reaches the leader
+//! through the bucket's push log.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use serde_json::json;
+
+use crate::cluster::TestCluster;
+use crate::common::require_tool;
+use crate::images::skopeo_push;
+use crate::operator::Operator;
+use crate::triggers::{
+    QUIET, deployment, history, image_of, metric, registry_namespace, trigger, wait_for,
+    wait_image, wait_result,
+};
+
+const DELIVERED: &str = "berth_replica_pushes_delivered_total";
+const PATCHED: &str = "berth_trigger_firings_total{result=\"Patched\"}";
+
+#[tokio::test]
+async fn a_push_to_the_replica_without_the_lease_rolls_out_once_and_reaches_the_leader_through_the_bucket()
+ {
+    let Some(cluster) = TestCluster::start("scale-out-push").await else {
+        return;
+    };
+    let Some(skopeo) = require_tool("skopeo") else {
+        return;
+    };
+    let Some(minio) = crate::minio_server::shared() else {
+        return;
+    };
+    let storage = format!(
+        "s3://{}/operators-{}",
+        minio.bucket,
+        uuid::Uuid::new_v4().simple()
+    );
+    let env = minio.aws_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let host = "registry.berth.test";
+    let selector = format!("{}={}", crate::cluster::TEST_LABEL, cluster.id());
+    let args = [
+        "--selector",
+        selector.as_str(),
+        "--storage",
+        &storage,
+        "--registry-host",
+        host,
+        "--push-log-poll",
+        "200ms",
+    ];
+    let first = Operator::start_with_env(&cluster, &args, &env);
+    let second = Operator::start_with_env(&cluster, &args, &env);
+    let team = registry_namespace(&cluster).await;
+    let repo = format!("{team}/web");
+    deployment(
+        &cluster,
+        "web",
+        &format!("{host}/{repo}:v0"),
+        json!({"replicas": 1}),
+    )
+    .await;
+    let spec = json!({
+        "repository": repo,
+        "tags": {"mode": "List", "names": ["v1"]},
+        "target": {"name": "web"},
+    });
+    trigger(&cluster, "web", spec, "Watching").await;
+    let (_, generation) = image_of(&cluster, "web").await;
+
+    let lease: Lease = Api::namespaced(cluster.client(), cluster.namespace())
+        .get("berth-operator")
+        .await
+        .unwrap();
+    let holder = lease.spec.unwrap().holder_identity.unwrap();
+    let (leader, follower) = if holder == first.pod_name {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+    let heard_before = metric(&leader.url(), DELIVERED).await;
+
+    let digest = skopeo_push(&skopeo, &follower.addr, &repo, "v1", "v1");
+    wait_image(&cluster, "web", &format!("{host}/{repo}:v1@{digest}")).await;
+    let h = wait_result(&cluster, "web", "v1", "Succeeded").await;
+    // The leader heard the follower's push from the bucket, and acted on it too: it
+    // found the image in place, so the workload was patched once.
+    wait_for(
+        "the leader hears the follower's push through the push log",
+        Duration::from_secs(30),
+        || async {
+            let heard = metric(&leader.url(), DELIVERED).await;
+            (heard > heard_before)
+                .then_some(())
+                .ok_or(format!("{heard} pushes delivered"))
+        },
+    )
+    .await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        image_of(&cluster, "web").await.1,
+        generation + 1,
+        "patched once"
+    );
+    assert_eq!(h.len(), 1, "recorded once: {h:#?}");
+    assert_eq!(history(&cluster, "web").await, h, "and nothing since");
+    let patched = metric(&first.url(), PATCHED).await + metric(&second.url(), PATCHED).await;
+    assert_eq!(patched, 1.0);
+    let latency = h[0].latency_ms.expect("a latency is recorded");
+    eprintln!("push to the follower → Deployment patched: {latency} ms");
+    assert!(
+        latency < 1000,
+        "patched within a second of the push: {latency} ms"
+    );
+}

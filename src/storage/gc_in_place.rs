@@ -3,7 +3,7 @@
 //! was abandoned mid-commit, a process killed between completing and indexing) go once
 //! older than the grace period and no session owns them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use futures::{StreamExt, TryStreamExt, stream};
 use jiff::Timestamp;
@@ -87,14 +87,14 @@ impl Store {
                 .try_collect()
                 .await?;
 
-        let mut referenced: HashMap<String, ()> = HashMap::new();
+        let mut referenced: HashSet<String> = HashSet::new();
         let mut doomed = Vec::new();
         for (digest, written, index) in indexed {
             if live.contains(&digest) {
-                referenced.insert(index.data, ());
+                referenced.insert(index.data);
             } else if written > grace_cutoff {
                 report.kept_recent += 1;
-                referenced.insert(index.data, ());
+                referenced.insert(index.data);
             } else {
                 doomed.push((digest, index));
             }
@@ -114,12 +114,12 @@ impl Store {
                 Deleted::Gone => {}
                 Deleted::Claimed => {
                     report.kept_claimed += 1;
-                    referenced.insert(index.data, ());
+                    referenced.insert(index.data);
                 }
             }
         }
         for key in orphans {
-            if !referenced.contains_key(key.as_ref()) && self.delete(&key).await? {
+            if !referenced.contains(key.as_ref()) && self.delete(&key).await? {
                 tracing::debug!(%key, "deleted upload data no index names");
             }
         }

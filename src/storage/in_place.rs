@@ -293,7 +293,7 @@ impl Store {
             .finish()
             .await
             .map_err(|e| super::parts::task_failed("hash", &Key::BlobData(&state.id).path(), e));
-        let written = match (finished, hashed) {
+        match (finished, hashed) {
             (Ok((multipart_parts, _)), Ok(hasher)) => Ok(Written {
                 bytes,
                 hasher,
@@ -315,8 +315,7 @@ impl Store {
                 .await;
                 Err(e)
             }
-        };
-        written
+        }
     }
 
     /// Commits a claimed in-place session as `digest` into `repo`: verifies, completes

@@ -249,7 +249,7 @@ impl Store {
             next.staged = written.staged.clone();
             next.committing = closing;
             let changed = written.bytes > 0 || written.consumed.is_some();
-            if !changed && !(closing && version.is_some()) {
+            if !(changed || (closing && version.is_some())) {
                 return Ok(());
             }
             let replaced = self

@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
 use object_store::prefix::PrefixStore;
+use object_store::{MultipartId, ObjectStore, PutPayload};
 
 /// Where registry content lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +122,23 @@ impl StorageLocation {
         Ok(StorageLocation::Local(PathBuf::from(path)))
     }
 
+    /// The low-level multipart API of the same bucket and prefix, for upload sessions
+    /// that span requests and replicas (see `s3_session.rs`); `None` for a directory.
+    pub fn open_multipart(&self) -> Result<Option<Multipart>, BackendError> {
+        let StorageLocation::S3(settings) = self else {
+            return Ok(None);
+        };
+        let s3 = settings
+            .builder()
+            .build()
+            .map_err(|source| BackendError::Open {
+                location: self.to_string(),
+                source,
+            })?;
+        let prefix = (!settings.prefix.is_empty()).then(|| Path::from(settings.prefix.as_str()));
+        Ok(Some(Multipart::new(Arc::new(s3), prefix)))
+    }
+
     pub fn open(&self) -> Result<Arc<dyn ObjectStore>, BackendError> {
         match self {
             StorageLocation::Local(path) => Ok(Arc::new(local_filesystem(path)?)),
@@ -138,6 +157,57 @@ impl StorageLocation {
                 }
             }
         }
+    }
+}
+
+/// A bucket's multipart API under the key prefix berth's objects live in (object_store's
+/// `PrefixStore` offers only the high-level API, whose uploads cannot outlive a request).
+#[derive(Clone)]
+pub struct Multipart {
+    inner: Arc<dyn MultipartStore>,
+    prefix: Option<Path>,
+}
+
+impl Multipart {
+    pub fn new(inner: Arc<dyn MultipartStore>, prefix: Option<Path>) -> Self {
+        Multipart { inner, prefix }
+    }
+
+    fn full(&self, key: &Path) -> Path {
+        match &self.prefix {
+            None => key.clone(),
+            Some(prefix) => prefix.parts().chain(key.parts()).collect(),
+        }
+    }
+
+    pub async fn create(&self, key: &Path) -> object_store::Result<MultipartId> {
+        self.inner.create_multipart(&self.full(key)).await
+    }
+
+    pub async fn put_part(
+        &self,
+        key: &Path,
+        id: &MultipartId,
+        index: usize,
+        data: PutPayload,
+    ) -> object_store::Result<PartId> {
+        self.inner.put_part(&self.full(key), id, index, data).await
+    }
+
+    pub async fn complete(
+        &self,
+        key: &Path,
+        id: &MultipartId,
+        parts: Vec<PartId>,
+    ) -> object_store::Result<()> {
+        self.inner
+            .complete_multipart(&self.full(key), id, parts)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn abort(&self, key: &Path, id: &MultipartId) -> object_store::Result<()> {
+        self.inner.abort_multipart(&self.full(key), id).await
     }
 }
 

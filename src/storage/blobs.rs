@@ -49,15 +49,27 @@ impl Store {
                 None => return Ok(None),
             },
         };
-        open_range(
+        let key = self.content_key(digest).await?;
+        match open_range(
             self.objects.as_ref(),
             self.local.as_ref(),
-            &Key::Blob(digest).path(),
-            span,
+            &key,
+            span.clone(),
             stat.size,
         )
         .await
-        .map(Some)
+        {
+            Err(StorageError::Corrupt { .. }) if self.local.is_none() => {
+                // The remembered place may be gone (collected, and the blob pushed
+                // again since): look it up afresh, once.
+                self.index_cache.forget(digest);
+                let key = self.content_key(digest).await?;
+                open_range(self.objects.as_ref(), None, &key, span, stat.size)
+                    .await
+                    .map(Some)
+            }
+            opened => opened.map(Some),
+        }
     }
 
     /// Records that `repo` holds the (already stored and verified) blob.
@@ -84,6 +96,7 @@ impl Store {
             .sweeps
             .enter([
                 Key::Blob(digest).path().to_string(),
+                Key::BlobIndex(digest).path().to_string(),
                 Key::BlobLink(repo, digest).path().to_string(),
             ])
             .await;
@@ -92,10 +105,9 @@ impl Store {
                 Some(stat) => stat.size,
                 None => return Ok(None),
             },
-            None => match self.os_head(&Key::Blob(digest).path()).await {
-                Ok(meta) => meta.size,
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(StorageError::backend("stat", &Key::Blob(digest).path(), e)),
+            None => match self.content_size(digest).await? {
+                Some(size) => size,
+                None => return Ok(None),
             },
         };
         self.link_blob(repo, digest, size).await?;

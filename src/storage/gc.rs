@@ -7,7 +7,8 @@
 //! (their referrers entry first), then blob links that no kept manifest references and
 //! that are older than the grace period (a client uploads layers before the manifest
 //! that names them). Last, content no remaining link names and older than the grace
-//! period is deleted: that is where bytes come back.
+//! period is deleted: that is where bytes come back (`gc_in_place.rs` does the same for
+//! blobs committed in place on S3).
 //!
 //! Deletions go in that order, so a process killed at any instant leaves only garbage,
 //! never a kept object that refers to a deleted one. Writes during the run are covered
@@ -102,6 +103,10 @@ impl Store {
         }
         self.sweep_content(&sweep, options, now, &live, &mut report)
             .await?;
+        if self.local.is_none() {
+            self.sweep_in_place(&sweep, options, now, &live, &mut report)
+                .await?;
+        }
         report.duration_ms = started.elapsed().as_millis() as u64;
         Ok(report)
     }
@@ -280,7 +285,7 @@ impl Store {
         Ok(())
     }
 
-    async fn delete_unclaimed(&self, sweep: &Sweep, key: &Path) -> Result<Deleted> {
+    pub(super) async fn delete_unclaimed(&self, sweep: &Sweep, key: &Path) -> Result<Deleted> {
         if !sweep.begin_delete(key.as_ref()) {
             return Ok(Deleted::Claimed);
         }
@@ -393,7 +398,7 @@ impl Store {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Deleted {
+pub(super) enum Deleted {
     Yes,
     /// Someone else deleted it first.
     Gone,

@@ -6,6 +6,10 @@
 //! repositories/<repo>/manifests/<alg>/<hex>            link: a manifest revision (JSON ManifestLink)
 //! repositories/<repo>/tags/<tag>                       tag pointer (JSON TagLink), replaced atomically
 //! repositories/<repo>/referrers/<alg>/<hex>/<alg>-<hex> descriptor of a manifest whose subject is <alg>:<hex>
+//! blob-index/<alg>/<hex>                              where a blob committed on S3 lives (JSON BlobIndex: data key, size);
+//!                                                      written once, create-only, after its bytes were verified
+//! blob-data/<id>/blob                                  the bytes of upload session <id>, completed in place (S3 multipart)
+//! blob-data/<id>/<offset>-<write>                      a chunk under 5 MiB staged by session <id> (too small for a part)
 //! uploads/<id>/state                                   upload session (JSON UploadState)
 //! uploads/<id>/parts/<offset>-<write>                  the bytes of one PATCH/PUT, starting at <offset>; <write>
 //!                                                      is unique per request, so racing requests never share a part
@@ -33,6 +37,17 @@ const REPO_SEPARATOR: char = '+';
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key<'a> {
     Blob(&'a Digest),
+    /// Where a blob committed in place lives.
+    BlobIndex(&'a Digest),
+    /// An upload session's multipart object.
+    BlobData(&'a str),
+    /// A small chunk an upload session staged: session, offset, write id.
+    BlobStaged(&'a str, u64, &'a str),
+    /// Every object an upload session wrote in place.
+    BlobDataDir(&'a str),
+    /// Every in-place object.
+    BlobDataAll,
+    BlobIndexAll,
     BlobLink(&'a RepositoryName, &'a Digest),
     ManifestLink(&'a RepositoryName, &'a Digest),
     ManifestLinks(&'a RepositoryName),
@@ -78,6 +93,12 @@ impl Key<'_> {
     pub fn path(&self) -> Path {
         let s = match self {
             Key::Blob(d) => format!("blobs/{}/{}", d.algorithm(), d.hex()),
+            Key::BlobIndex(d) => format!("blob-index/{}/{}", d.algorithm(), d.hex()),
+            Key::BlobData(id) => format!("blob-data/{id}/blob"),
+            Key::BlobStaged(id, offset, write) => format!("blob-data/{id}/{offset:020}-{write}"),
+            Key::BlobDataDir(id) => format!("blob-data/{id}"),
+            Key::BlobDataAll => "blob-data".to_string(),
+            Key::BlobIndexAll => "blob-index".to_string(),
             Key::BlobLink(r, d) => format!("{}/blobs/{}/{}", repo_dir(r), d.algorithm(), d.hex()),
             Key::ManifestLink(r, d) => {
                 format!("{}/manifests/{}/{}", repo_dir(r), d.algorithm(), d.hex())
@@ -182,6 +203,12 @@ mod tests {
                     s.hex(),
                     d.hex()
                 ),
+            ),
+            (Key::BlobIndex(&d), format!("blob-index/sha256/{}", d.hex())),
+            (Key::BlobData("u1"), "blob-data/u1/blob".into()),
+            (
+                Key::BlobStaged("u1", 42, "w7"),
+                "blob-data/u1/00000000000000000042-w7".into(),
             ),
             (
                 Key::PullCounts(&repo, "berth-0"),

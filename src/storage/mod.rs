@@ -8,13 +8,16 @@
 //! manifest or blobs are missing.
 
 mod backend;
+mod blob_index;
 mod blobs;
 pub mod budget;
 mod cache;
 pub mod config;
 mod error;
 mod gc;
+mod gc_in_place;
 mod hasher;
+mod in_place;
 mod keyed_locks;
 pub mod layout;
 mod lease;
@@ -50,7 +53,7 @@ use object_store::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use backend::{BackendError, S3Settings, StorageLocation};
+pub use backend::{BackendError, Multipart, S3Settings, StorageLocation};
 pub use blobs::BlobStat;
 pub use config::ConfigError;
 pub use error::{Result, StorageError};
@@ -79,6 +82,11 @@ pub struct Store {
     objects: Arc<dyn ObjectStore>,
     /// The same objects as files, when the store is a local directory.
     local: Option<LocalDir>,
+    /// The bucket's multipart API, when upload sessions commit in place (S3; see
+    /// `in_place.rs`).
+    multipart: Option<Multipart>,
+    /// Where blobs committed in place live (see `blob_index.rs`).
+    index_cache: blob_index::IndexCache,
     /// One lock per upload session (see `uploads.rs`).
     uploads: KeyedLocks,
     /// One lock per tag-writing scope (see [`Store::lock_tags`]).
@@ -100,6 +108,8 @@ impl Store {
         Store {
             objects,
             local: None,
+            multipart: None,
+            index_cache: Default::default(),
             uploads: KeyedLocks::default(),
             tags: KeyedLocks::default(),
             manifests: ManifestCache::default(),
@@ -109,6 +119,14 @@ impl Store {
             pulls: Arc::new(pull_counts::PullCounter::new("standalone")),
             summaries: Arc::default(),
         }
+    }
+
+    /// A store on the same storage as this one, sharing nothing in memory with it: what
+    /// another process (a restart, another replica) opening it sees.
+    pub fn another_process(&self) -> Self {
+        let mut other = Store::new(self.objects.clone());
+        other.multipart = self.multipart.clone();
+        other
     }
 
     /// Names this process's pull-count objects: one name per replica sharing the
@@ -147,8 +165,21 @@ impl Store {
                 store.local = Some(LocalDir::new(fs));
                 Ok(store)
             }
-            StorageLocation::S3(_) => Ok(Store::new(location.open()?)),
+            StorageLocation::S3(_) => {
+                let store = Store::new(location.open()?);
+                Ok(match location.open_multipart()? {
+                    Some(multipart) => store.with_multipart(multipart),
+                    None => store,
+                })
+            }
         }
+    }
+
+    /// Upload sessions on this store write one multipart upload each and commit it in
+    /// place, copying no bytes (see `in_place.rs`).
+    pub fn with_multipart(mut self, multipart: Multipart) -> Self {
+        self.multipart = Some(multipart);
+        self
     }
 
     /// How blob content of a local directory is read to be served (see `local.rs`);

@@ -22,7 +22,7 @@ use super::uploads::{PART_CHUNK, PARTS_IN_FLIGHT};
 
 /// A failure of berth's own writing or hashing tasks, reported as a backend failure
 /// (a 500, and the upload stays open for a retry).
-fn task_failed(
+pub(super) fn task_failed(
     op: &'static str,
     key: &Path,
     e: impl std::error::Error + Send + Sync + 'static,

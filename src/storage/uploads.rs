@@ -27,8 +27,10 @@ use object_store::{GetOptions, UpdateVersion, WriteMultipart};
 use serde::{Deserialize, Serialize};
 
 use super::Store;
+use super::backend::Multipart;
 use super::error::{Result, StorageError};
 use super::hasher::{HashStateError, Hasher};
+use super::in_place::{Leftovers, MultipartParts};
 use super::keyed_locks::KeyedGuard;
 use super::layout::Key;
 use crate::oci::{Algorithm, Digest, RepositoryName};
@@ -64,6 +66,12 @@ pub struct UploadState {
     pub hash_state: String,
     pub parts: Vec<Part>,
     pub started_at: u64,
+    /// On S3: the session's multipart upload, which becomes the blob in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multipart: Option<MultipartParts>,
+    /// On S3: the session's last bytes when too few for a part, staged until more come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<Part>,
     /// Set by the request that finishes the session: it accepts no more chunks.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub committing: bool,
@@ -115,6 +123,8 @@ impl Store {
             algorithm,
             hash_state: Hasher::new(algorithm).save(),
             parts: Vec::new(),
+            multipart: None,
+            staged: None,
             started_at: now_secs(),
             committing: false,
         };
@@ -129,6 +139,14 @@ impl Store {
     async fn lock_existing(&self, repo: &RepositoryName, id: &str) -> Result<KeyedGuard> {
         self.upload_status(repo, id).await?;
         Ok(self.uploads.lock(id).await)
+    }
+
+    /// The multipart API, when session `state` commits in place: on S3, for every
+    /// session but those that wrote parts before commits were in place.
+    fn in_place(&self, state: &UploadState) -> Option<Multipart> {
+        self.multipart
+            .clone()
+            .filter(|_| state.parts.is_empty() && self.local.is_none())
     }
 
     /// Sessions a request of this process is holding or waiting for.
@@ -220,6 +238,43 @@ impl Store {
                 ));
             }
         };
+        if let Some(multipart) = self.in_place(state) {
+            let written = self
+                .write_in_place(&multipart, state, hasher, body, closing)
+                .await?;
+            let mut next = state.clone();
+            next.size += written.bytes;
+            next.hash_state = written.hasher.save();
+            next.multipart = written.multipart.clone();
+            next.staged = written.staged.clone();
+            next.committing = closing;
+            let changed = written.bytes > 0 || written.consumed.is_some();
+            if !(changed || (closing && version.is_some())) {
+                return Ok(());
+            }
+            let replaced = self
+                .replace_json(&Key::UploadState(&state.id).path(), &next, version)
+                .await;
+            if !matches!(replaced, Ok(true)) && changed {
+                written.abandon(self, &multipart, &state.id).await;
+            }
+            if !replaced? {
+                return Err(self.lost_race(state, start).await?);
+            }
+            if let Some(consumed) = &written.consumed {
+                // Its bytes are in a part now; nothing names it.
+                let _ = self.os_delete(consumed).await;
+            }
+            *state = next;
+            return Ok(());
+        }
+        if state.multipart.is_some() || state.staged.is_some() {
+            // Written in place by a process with the multipart API; this one has none.
+            return Err(StorageError::UploadRestart {
+                id: state.id.clone(),
+                reason: "it was started where uploads commit in place".into(),
+            });
+        }
         let part = Part {
             offset: state.size,
             size: 0,
@@ -250,20 +305,23 @@ impl Store {
             let _ = self.os_delete(&key).await;
         }
         if !replaced? {
-            // Another request (on another replica) moved the session on, ended it, or
-            // is committing it: this chunk was not taken.
-            let now: Option<UploadState> =
-                self.get_json(&Key::UploadState(&state.id).path()).await?;
-            return Err(match now {
-                Some(now) if !now.committing => StorageError::UploadOutOfOrder {
-                    expected: now.size,
-                    got: start.unwrap_or(state.size),
-                },
-                _ => StorageError::UploadUnknown(state.id.clone()),
-            });
+            return Err(self.lost_race(state, start).await?);
         }
         *state = next;
         Ok(())
+    }
+
+    /// The error for a chunk whose record lost to another request's (on another
+    /// replica) that moved the session on, ended it, or is committing it.
+    async fn lost_race(&self, state: &UploadState, start: Option<u64>) -> Result<StorageError> {
+        let now: Option<UploadState> = self.get_json(&Key::UploadState(&state.id).path()).await?;
+        Ok(match now {
+            Some(now) if !now.committing => StorageError::UploadOutOfOrder {
+                expected: now.size,
+                got: start.unwrap_or(state.size),
+            },
+            _ => StorageError::UploadUnknown(state.id.clone()),
+        })
     }
 
     /// Gives up the claim of a session whose commit failed on a backend error, so the
@@ -299,15 +357,24 @@ impl Store {
         let (mut state, version) = self.session(repo, id).await?;
         self.append_locked(&mut state, version, start, body, true)
             .await?;
-        let result = self.commit_upload(repo, &state, digest).await;
-        if matches!(result, Err(StorageError::Backend { .. })) {
+        let result = match self.in_place(&state) {
+            Some(multipart) => self.commit_in_place(&multipart, repo, &state, digest).await,
+            None => self
+                .commit_upload(repo, &state, digest)
+                .await
+                .map(|size| (size, None)),
+        };
+        match &result {
             // A backend failure leaves the session for a retry.
-            self.release_claim(repo, id).await?;
-        } else {
+            Err(StorageError::Backend { .. }) => self.release_claim(repo, id).await?,
             // Success or a bad digest both end the session.
-            self.discard_upload(id).await?;
+            Ok((_, kept)) => {
+                self.discard_session(id, Leftovers::AllBut(kept.as_ref()))
+                    .await?
+            }
+            Err(_) => self.discard_session(id, Leftovers::AllBut(None)).await?,
         }
-        result
+        result.map(|(size, _)| size)
     }
 
     /// Uploads a whole blob in one request (POST with `?digest=`, or a monolithic PUT).
@@ -328,10 +395,26 @@ impl Store {
             algorithm: digest.algorithm(),
             hash_state: Hasher::new(digest.algorithm()).save(),
             parts: Vec::new(),
+            multipart: None,
+            staged: None,
             started_at: now_secs(),
             committing: true,
         };
         let mut hasher = Hasher::new(digest.algorithm());
+        if let Some(multipart) = self.in_place(&state) {
+            let written = self
+                .write_in_place(&multipart, &state, hasher, body, true)
+                .await?;
+            state.size = written.bytes;
+            state.hash_state = written.hasher.save();
+            state.multipart = written.multipart;
+            state.staged = written.staged;
+            let result = self.commit_in_place(&multipart, repo, &state, digest).await;
+            let kept = result.as_ref().ok().and_then(|(_, kept)| kept.as_ref());
+            self.discard_in_place(&multipart, Some(&state), &state.id, Leftovers::AllBut(kept))
+                .await?;
+            return result.map(|(size, _)| size);
+        }
         // The session is this request's alone (a fresh id, never recorded), so its
         // one part needs no write id.
         let key = Key::UploadPart(&state.id, 0, "").path();
@@ -466,6 +549,19 @@ impl Store {
     /// Deletes every object of an upload session. The state goes first, so a crash
     /// half-way leaves only orphan parts, which no request can reach.
     pub(super) async fn discard_upload(&self, id: &str) -> Result<()> {
+        self.discard_session(id, Leftovers::Unknown).await
+    }
+
+    async fn discard_session(&self, id: &str, leftovers: Leftovers<'_>) -> Result<()> {
+        // Read first: it names the multipart upload to abort.
+        let state: Option<UploadState> = match &self.multipart {
+            Some(_) => self
+                .get_json(&Key::UploadState(id).path())
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
         self.delete(&Key::UploadState(id).path()).await?;
         let prefix = Key::UploadParts(id).path();
         let parts: Vec<_> = self
@@ -489,6 +585,10 @@ impl Store {
             .await
             .map_err(|e| StorageError::backend("delete", &Key::Upload(id).path(), e.into()))?
             .map_err(|e| super::local::io_error("delete", &Key::Upload(id).path(), e))?;
+        }
+        if let Some(multipart) = &self.multipart {
+            self.discard_in_place(multipart, state.as_ref(), id, leftovers)
+                .await?;
         }
         Ok(())
     }

@@ -28,18 +28,13 @@ pub fn minio(test: &str) -> Option<TestStore> {
     let server = minio_server::shared()?;
     let prefix = format!("suite/{test}-{}", uuid::Uuid::new_v4().simple());
     Some(TestStore {
-        store: Store::new(s3_objects(server, &prefix)),
+        store: Store::open(&s3_location(server, &prefix)).expect("open S3 storage"),
         _dir: None,
     })
 }
 
-/// The bucket's objects under `prefix`, opened as berth opens `s3://bucket/prefix`
-/// with every setting spelled out (as a `--storage-config` file does).
-///
-/// Each test builds its own client: a pooled HTTP connection belongs to the runtime that
-/// opened it, and every `#[tokio::test]` has its own runtime. Setting process
-/// environment (`AWS_*`) from parallel tests would race; the end-to-end test covers it.
-pub fn s3_objects(server: &MinioServer, prefix: &str) -> Arc<dyn ObjectStore> {
+/// `s3://bucket/prefix` on the test server, with every setting spelled out.
+pub fn s3_location(server: &MinioServer, prefix: &str) -> StorageLocation {
     StorageLocation::S3(Box::new(S3Settings {
         bucket: server.bucket.clone(),
         prefix: prefix.to_string(),
@@ -50,6 +45,16 @@ pub fn s3_objects(server: &MinioServer, prefix: &str) -> Arc<dyn ObjectStore> {
         secret_access_key: Some(SECRET_KEY.into()),
         ..S3Settings::default()
     }))
-    .open()
-    .expect("S3 client for MinIO")
+}
+
+/// The bucket's objects under `prefix`, opened as berth opens `s3://bucket/prefix`
+/// with every setting spelled out (as a `--storage-config` file does).
+///
+/// Each test builds its own client: a pooled HTTP connection belongs to the runtime that
+/// opened it, and every `#[tokio::test]` has its own runtime. Setting process
+/// environment (`AWS_*`) from parallel tests would race; the end-to-end test covers it.
+pub fn s3_objects(server: &MinioServer, prefix: &str) -> Arc<dyn ObjectStore> {
+    s3_location(server, prefix)
+        .open()
+        .expect("S3 client for MinIO")
 }

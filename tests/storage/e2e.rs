@@ -173,8 +173,8 @@ async fn berth_serves_and_stores_content_in_minio() {
     let keys: BTreeSet<&String> = sizes.keys().collect();
     let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
     for want in [
-        format!("blobs/sha256/{}", hex(&config_digest)),
-        format!("blobs/sha256/{}", hex(&layer_digest)),
+        format!("blob-index/sha256/{}", hex(&config_digest)),
+        format!("blob-index/sha256/{}", hex(&layer_digest)),
         format!("blobs/sha256/{}", hex(&manifest_digest)),
         format!("repositories/e2e+app/blobs/sha256/{}", hex(&layer_digest)),
         format!(
@@ -192,10 +192,26 @@ async fn berth_serves_and_stores_content_in_minio() {
         keys.iter().all(|k| !k.starts_with("uploads/")),
         "finished uploads leave nothing: {keys:#?}"
     );
-    assert_eq!(
-        sizes[&format!("blobs/sha256/{}", hex(&layer_digest))],
-        layer.len() as u64
-    );
+    // The layer's bytes stayed in the object its upload wrote, which its index names.
+    let index: serde_json::Value = serde_json::from_slice(
+        &objects
+            .get_opts(
+                &format!("blob-index/sha256/{}", hex(&layer_digest))
+                    .as_str()
+                    .into(),
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let data = index["data"].as_str().unwrap();
+    assert!(data.starts_with("blob-data/"), "{index}");
+    assert_eq!(sizes[data], layer.len() as u64);
+    assert_eq!(index["size"], layer.len() as u64);
 }
 
 /// `--storage-config FILE` names the bucket, endpoint and credentials itself (the secret
@@ -244,14 +260,27 @@ async fn a_storage_configuration_file_replaces_the_aws_variables() {
         resp.text().await
     );
 
-    let key = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
-    let stored = s3_objects(server, &prefix)
-        .get_opts(&key.as_str().into(), Default::default())
-        .await
-        .unwrap_or_else(|e| panic!("{key} is not under {prefix} in MinIO: {e}"))
-        .bytes()
-        .await
-        .unwrap();
+    let objects = s3_objects(server, &prefix);
+    let prefix = prefix.as_str();
+    let read = |key: String| {
+        let objects = objects.clone();
+        async move {
+            objects
+                .get_opts(&key.as_str().into(), Default::default())
+                .await
+                .unwrap_or_else(|e| panic!("{key} is not under {prefix} in MinIO: {e}"))
+                .bytes()
+                .await
+                .unwrap()
+        }
+    };
+    let index = read(format!(
+        "blob-index/sha256/{}",
+        digest.trim_start_matches("sha256:")
+    ))
+    .await;
+    let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let stored = read(index["data"].as_str().unwrap().to_string()).await;
     assert_eq!(stored, blob);
 }
 

@@ -10,7 +10,8 @@ use berth::storage::{GcOptions, StorageError, Store};
 use bytes::Bytes;
 
 use crate::suite::{
-    CONFIG, LAYER, data, descriptor, image_manifest, keys, push_blob, read, repo, sha256, tag,
+    CONFIG, LAYER, content_keys, data, descriptor, image_manifest, keys, push_blob, read, repo,
+    sha256, tag,
 };
 
 /// Collects everything unreferenced at once: no grace period, no untagged delay.
@@ -160,7 +161,7 @@ pub async fn gc_frees_what_no_tag_reaches_and_keeps_the_rest(store: Store) {
             .await
             .unwrap()
     );
-    let before = keys(&store, "blobs").await.len();
+    let before = content_keys(&store).await.len();
 
     let report = store.collect_garbage(&NOW).await.unwrap();
 
@@ -182,7 +183,7 @@ pub async fn gc_frees_what_no_tag_reaches_and_keeps_the_rest(store: Store) {
         old_manifest_len > 100 && old_manifest_len < 2_000,
         "{report:?}"
     );
-    assert_eq!(keys(&store, "blobs").await.len(), before - 3);
+    assert_eq!(content_keys(&store).await.len(), before - 3);
     assert!(matches!(
         store.read_blob(&r, &sha256(&only_old), None).await,
         Err(StorageError::BlobUnknown(_))
@@ -223,7 +224,8 @@ pub async fn gc_frees_what_no_tag_reaches_and_keeps_the_rest(store: Store) {
         last.manifests_deleted, 4,
         "v1, index, child, signature: {last:?}"
     );
-    assert_eq!(keys(&store, "blobs").await, Vec::<String>::new());
+    assert_eq!(content_keys(&store).await, Vec::<String>::new());
+    assert_eq!(keys(&store, "blob-data").await, Vec::<String>::new());
     assert_eq!(keys(&store, "repositories").await, Vec::<String>::new());
 }
 

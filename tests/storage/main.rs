@@ -17,6 +17,7 @@ mod common;
 mod backends;
 mod e2e;
 mod gc;
+mod in_place;
 mod leader;
 mod minio_server;
 mod replicas;

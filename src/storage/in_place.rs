@@ -1,0 +1,595 @@
+//! Upload sessions on S3 that commit in place: a session is one S3 multipart upload of
+//! `blob-data/<session>/blob`, and committing it completes that upload where it is and
+//! writes the blob's index record (`blob_index.rs`). No byte is copied or read back,
+//! whatever the blob's size.
+//!
+//! Each request turns its body into parts as it streams: S3 takes parts of at least
+//! 5 MiB (but the last), so a request holds back up to [`PART_CHUNK`] + [`MIN_PART`]
+//! bytes and sends [`PART_CHUNK`] whenever more arrived, and its last bytes go out as a
+//! part when they are 5 MiB or more. A shorter end of a chunk is staged as an object of
+//! its own (`blob-data/<session>/<offset>-<write>`) and read back by the next request
+//! of the session, to go out in front of its bytes; a session whose bytes all fit in
+//! such a staged object commits that object itself.
+//!
+//! The session record names the multipart upload, its parts' ETags and the staged
+//! object beside the hash state, and is replaced conditionally (`uploads.rs`), so the
+//! hash state always describes exactly the bytes the record names. S3 completes an
+//! upload only with parts whose ETags match the ones listed, so a request that lost a
+//! race on the session and overwrote a part (parts are numbered by position) makes the
+//! commit fail rather than store other bytes under the digest.
+
+use std::collections::VecDeque;
+use std::fmt::Display;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::multipart::PartId;
+use object_store::path::Path;
+use object_store::{GetOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use super::Store;
+use super::backend::Multipart;
+use super::blob_index::Indexed;
+use super::error::{Result, StorageError};
+use super::hasher::Hasher;
+use super::layout::Key;
+use super::pipeline::HashPipeline;
+use super::uploads::{PART_CHUNK, PARTS_IN_FLIGHT, Part, UploadState};
+use crate::oci::{Algorithm, Digest, RepositoryName};
+
+/// The smallest part S3 accepts but for the last one.
+pub(super) const MIN_PART: usize = 5 << 20;
+
+/// A session's multipart upload and the ETags of its parts, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultipartParts {
+    pub id: String,
+    pub etags: Vec<String>,
+}
+
+/// What one request wrote in place.
+pub(super) struct Written {
+    pub bytes: u64,
+    pub hasher: Hasher,
+    pub multipart: Option<MultipartParts>,
+    pub staged: Option<Part>,
+    /// The staged object this request consumed (deleted once its record is taken).
+    pub consumed: Option<Path>,
+    /// A multipart upload this request started (aborted if its record is not taken).
+    pub created: Option<String>,
+}
+
+impl Written {
+    /// Removes what this request wrote that its (not taken) record would have named.
+    pub async fn abandon(&self, store: &Store, multipart: &Multipart, session: &str) {
+        if let Some(staged) = &self.staged {
+            let _ = store
+                .os_delete(&Key::BlobStaged(session, staged.offset, &staged.write).path())
+                .await;
+        }
+        if let Some(id) = &self.created {
+            let _ = multipart
+                .abort(&Key::BlobData(session).path(), &id.clone())
+                .await;
+        }
+    }
+}
+
+/// What discarding a session keeps of its objects.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Leftovers<'a> {
+    /// The request that ends the session knows its outcome: everything but this goes.
+    AllBut(Option<&'a Path>),
+    /// Expiry or cancellation, which do not know whether a commit indexed the data.
+    Unknown,
+}
+
+/// Body bytes held back until they make a part.
+#[derive(Default)]
+struct Held {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Held {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push_back(chunk);
+    }
+
+    /// The first `n` bytes (at most what is held), without copying.
+    fn take(&mut self, n: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut left = n.min(self.len);
+        self.len -= left;
+        while left > 0 {
+            let mut chunk = self.chunks.pop_front().expect("held bytes add up");
+            if chunk.len() > left {
+                self.chunks.push_front(chunk.split_off(left));
+            }
+            left -= chunk.len();
+            out.push(chunk);
+        }
+        out
+    }
+}
+
+/// Sends parts of the session's multipart upload, at most [`PARTS_IN_FLIGHT`] at once.
+struct PartSender {
+    multipart: Multipart,
+    key: Path,
+    upload: Option<MultipartParts>,
+    created: Option<String>,
+    in_flight: VecDeque<JoinHandle<object_store::Result<PartId>>>,
+    sent: Vec<String>,
+}
+
+impl PartSender {
+    fn started(&self) -> bool {
+        self.upload.is_some()
+    }
+
+    async fn send(&mut self, bytes: Vec<Bytes>) -> Result<()> {
+        let upload = match &mut self.upload {
+            Some(upload) => upload,
+            None => {
+                let id = self
+                    .multipart
+                    .create(&self.key)
+                    .await
+                    .map_err(|e| StorageError::backend("start writing", &self.key, e))?;
+                self.created = Some(id.clone());
+                self.upload.insert(MultipartParts {
+                    id,
+                    etags: Vec::new(),
+                })
+            }
+        };
+        let index = upload.etags.len() + self.sent.len() + self.in_flight.len();
+        let (multipart, key, id) = (self.multipart.clone(), self.key.clone(), upload.id.clone());
+        let payload: PutPayload = bytes.into_iter().collect();
+        self.in_flight.push_back(tokio::spawn(async move {
+            multipart.put_part(&key, &id, index, payload).await
+        }));
+        while self.in_flight.len() > PARTS_IN_FLIGHT {
+            self.settle_one().await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_one(&mut self) -> Result<()> {
+        let Some(task) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let part = task
+            .await
+            .map_err(|e| StorageError::backend("write", &self.key, e.into()))?
+            .map_err(|e| StorageError::backend("write", &self.key, e))?;
+        self.sent.push(part.content_id);
+        Ok(())
+    }
+
+    /// Waits for every part, and returns the upload with them.
+    async fn finish(mut self) -> Result<(Option<MultipartParts>, Option<String>)> {
+        while !self.in_flight.is_empty() {
+            self.settle_one().await?;
+        }
+        let mut upload = self.upload.take();
+        if let Some(upload) = &mut upload {
+            upload.etags.append(&mut self.sent);
+        }
+        Ok((upload, self.created))
+    }
+}
+
+impl Store {
+    /// Streams `body` into session `state`'s multipart upload (see the module comment),
+    /// hashing on the way. `closing`: no bytes follow, so the last part may be short.
+    pub(super) async fn write_in_place<S, E>(
+        &self,
+        multipart: &Multipart,
+        state: &UploadState,
+        hasher: Hasher,
+        mut body: S,
+        closing: bool,
+    ) -> Result<Written>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let first = loop {
+            match body.next().await {
+                None => break None,
+                Some(Ok(chunk)) if chunk.is_empty() => continue,
+                Some(Ok(chunk)) => break Some(chunk),
+                Some(Err(e)) => return Err(StorageError::BodyRead(e.to_string())),
+            }
+        };
+        // A staged end goes out in front of new bytes, or as the last part at the end.
+        let restage =
+            state.staged.is_some() && (first.is_some() || (closing && state.multipart.is_some()));
+        if first.is_none() && !restage {
+            return Ok(Written {
+                bytes: 0,
+                hasher,
+                multipart: state.multipart.clone(),
+                staged: state.staged.clone(),
+                consumed: None,
+                created: None,
+            });
+        }
+        // Reserved before any buffer is allocated, held until the parts are written.
+        let _memory = self.upload_budget.reserve(self.upload_working_set()).await;
+        let mut held = Held::default();
+        let mut consumed = None;
+        if let (true, Some(staged)) = (restage, &state.staged) {
+            let key = Key::BlobStaged(&state.id, staged.offset, &staged.write).path();
+            let bytes = self
+                .os_get_bytes(&key)
+                .await?
+                .ok_or_else(|| StorageError::corrupt(&key, "staged chunk is missing"))?;
+            if bytes.len() as u64 != staged.size {
+                return Err(StorageError::corrupt(&key, "staged chunk has another size"));
+            }
+            held.push(bytes);
+            consumed = Some(key);
+        }
+        let mut sender = PartSender {
+            multipart: multipart.clone(),
+            key: Key::BlobData(&state.id).path(),
+            upload: state.multipart.clone(),
+            created: None,
+            in_flight: VecDeque::new(),
+            sent: Vec::new(),
+        };
+        let mut hashing = HashPipeline::new(hasher);
+        let mut staged = None;
+        let mut bytes = 0u64;
+        let streamed: Result<()> = async {
+            let mut next = first.map(Ok::<_, E>);
+            while let Some(item) = next {
+                let chunk = item.map_err(|e| StorageError::BodyRead(e.to_string()))?;
+                bytes += chunk.len() as u64;
+                hashing
+                    .update(chunk.clone())
+                    .await
+                    .map_err(|e| super::parts::task_failed("hash", &sender.key, e))?;
+                held.push(chunk);
+                while held.len >= PART_CHUNK + MIN_PART {
+                    sender.send(held.take(PART_CHUNK)).await?;
+                }
+                next = body.next().await;
+            }
+            let rest = held.len;
+            if rest == 0 {
+                return Ok(());
+            }
+            if (closing && sender.started()) || (!closing && rest >= MIN_PART) {
+                return sender.send(held.take(rest)).await;
+            }
+            let part = Part {
+                offset: state.size + bytes - rest as u64,
+                size: rest as u64,
+                write: uuid::Uuid::new_v4().simple().to_string(),
+            };
+            let key = Key::BlobStaged(&state.id, part.offset, &part.write).path();
+            let payload: PutPayload = held.take(rest).into_iter().collect();
+            self.objects
+                .put_opts(&key, payload, Default::default())
+                .await
+                .map_err(|e| StorageError::backend("write", &key, e))?;
+            staged = Some(part);
+            Ok(())
+        }
+        .await;
+        let created = sender.created.clone();
+        let finished = match streamed {
+            Ok(()) => sender.finish().await,
+            Err(e) => Err(e),
+        };
+        let hashed = hashing
+            .finish()
+            .await
+            .map_err(|e| super::parts::task_failed("hash", &Key::BlobData(&state.id).path(), e));
+        match (finished, hashed) {
+            (Ok((multipart_parts, _)), Ok(hasher)) => Ok(Written {
+                bytes,
+                hasher,
+                multipart: multipart_parts,
+                staged,
+                consumed,
+                created,
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                Written {
+                    bytes,
+                    hasher: Hasher::new(state.algorithm),
+                    multipart: None,
+                    staged,
+                    consumed: None,
+                    created,
+                }
+                .abandon(self, multipart, &state.id)
+                .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits a claimed in-place session as `digest` into `repo`: verifies, completes
+    /// the multipart upload where it is, and indexes it. Returns the blob's size and the
+    /// data object the session must keep.
+    pub(super) async fn commit_in_place(
+        &self,
+        multipart: &Multipart,
+        repo: &RepositoryName,
+        state: &UploadState,
+        digest: &Digest,
+    ) -> Result<(u64, Option<Path>)> {
+        let same_algorithm = state.algorithm == digest.algorithm();
+        if same_algorithm {
+            let actual = Hasher::restore(state.algorithm, &state.hash_state)
+                .map_err(|e| StorageError::corrupt(&Key::UploadState(&state.id).path(), e))?
+                .finish();
+            if &actual != digest {
+                return Err(StorageError::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+        }
+        // Claimed before the existence check: content found here is not collected
+        // before the link to it is written.
+        let _pass = self
+            .sweeps
+            .enter([
+                Key::Blob(digest).path().to_string(),
+                Key::BlobIndex(digest).path().to_string(),
+                Key::BlobLink(repo, digest).path().to_string(),
+            ])
+            .await;
+        if same_algorithm && let Some(size) = self.content_size(digest).await? {
+            // Stored already (by another session, or before commits were in place).
+            self.link_blob(repo, digest, size).await?;
+            return Ok((size, None));
+        }
+        let data = match (&state.multipart, &state.staged) {
+            (Some(upload), _) => {
+                let key = Key::BlobData(&state.id).path();
+                let parts = upload
+                    .etags
+                    .iter()
+                    .map(|etag| PartId {
+                        content_id: etag.clone(),
+                    })
+                    .collect();
+                multipart
+                    .complete(&key, &upload.id, parts)
+                    .await
+                    .map_err(|e| {
+                        // A part was overwritten (by a request that lost a race on the
+                        // session): its ETag no longer matches, and S3 refuses.
+                        if format!("{e:?}").contains("InvalidPart") {
+                            StorageError::UploadRestart {
+                                id: state.id.clone(),
+                                reason: format!("S3 refused to complete it: {e}"),
+                            }
+                        } else {
+                            StorageError::backend("complete", &key, e)
+                        }
+                    })?;
+                key
+            }
+            (None, Some(staged)) => Key::BlobStaged(&state.id, staged.offset, &staged.write).path(),
+            (None, None) => {
+                let key = Key::BlobData(&state.id).path();
+                self.put_bytes(&key, Bytes::new()).await?;
+                key
+            }
+        };
+        if !same_algorithm {
+            // The client chose another algorithm at the end: the only case that re-reads.
+            let actual = self.rehash_object(&data, digest.algorithm()).await?;
+            if &actual != digest {
+                return Err(StorageError::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+            if let Some(size) = self.content_size(digest).await? {
+                self.link_blob(repo, digest, size).await?;
+                return Ok((size, None));
+            }
+        }
+        let kept = match self.write_index(digest, &data, state.size).await? {
+            Indexed::Written => Some(data),
+            // Another session committed the same bytes first: ours go.
+            Indexed::Existed => None,
+        };
+        self.link_blob(repo, digest, state.size).await?;
+        Ok((state.size, kept))
+    }
+
+    async fn rehash_object(&self, key: &Path, algorithm: Algorithm) -> Result<Digest> {
+        let mut hasher = Hasher::new(algorithm);
+        let result = self
+            .os_get(key, GetOptions::default())
+            .await
+            .map_err(|e| StorageError::backend("read", key, e))?;
+        let mut stream = result
+            .into_stream()
+            .map_err(|e| StorageError::backend("read", key, e));
+        while let Some(chunk) = stream.try_next().await? {
+            hasher.update(&chunk);
+        }
+        Ok(hasher.finish())
+    }
+
+    /// Removes what an in-place session wrote: its multipart upload (if not completed)
+    /// and its objects, but what `leftovers` keeps.
+    pub(super) async fn discard_in_place(
+        &self,
+        multipart: &Multipart,
+        state: Option<&UploadState>,
+        id: &str,
+        leftovers: Leftovers<'_>,
+    ) -> Result<()> {
+        if let Some(upload) = state.and_then(|s| s.multipart.as_ref()) {
+            // Fails harmlessly on an upload that was completed.
+            let _ = multipart.abort(&Key::BlobData(id).path(), &upload.id).await;
+        }
+        let keep = match leftovers {
+            Leftovers::AllBut(keep) => keep,
+            // A session whose commit was under way when its request ended may have
+            // indexed its data; garbage collection, which knows what the index names,
+            // deletes it if not.
+            Leftovers::Unknown if state.is_some_and(|s| s.committing) => return Ok(()),
+            Leftovers::Unknown => None,
+        };
+        let prefix = Key::BlobDataDir(id).path();
+        let objects: Vec<Path> = self
+            .objects
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::backend("list", &prefix, e))?;
+        for key in objects {
+            if Some(&key) != keep {
+                self.delete(&key).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use std::sync::Arc;
+
+    fn repo() -> RepositoryName {
+        "team/app".parse().unwrap()
+    }
+
+    /// Two replicas on one in-memory bucket, committing in place.
+    fn two_replicas() -> (Store, Store) {
+        let bucket = Arc::new(InMemory::new());
+        let replica =
+            || Store::new(bucket.clone()).with_multipart(Multipart::new(bucket.clone(), None));
+        (replica(), replica())
+    }
+
+    fn chunk(bytes: Vec<u8>) -> impl Stream<Item = std::io::Result<Bytes>> + Unpin {
+        futures::stream::iter([Ok(Bytes::from(bytes))])
+    }
+
+    fn content(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    async fn read_all(store: &Store, digest: &Digest) -> Vec<u8> {
+        let body = store
+            .read_blob(&repo(), digest, None)
+            .await
+            .unwrap()
+            .unwrap();
+        body.stream
+            .try_fold(Vec::new(), |mut all, chunk| async move {
+                all.extend_from_slice(&chunk);
+                Ok(all)
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn parts_staged_ends_and_replicas_make_one_blob_committed_where_it_was_written() {
+        let (a, b) = two_replicas();
+        let upload = a.start_upload(&repo(), Algorithm::Sha256).await.unwrap();
+        // A part, a short end staged, then a chunk that takes the staged end in front.
+        let pieces = [content(6 << 20, 1), content(1000, 2), content(7 << 20, 3)];
+        let mut offset = 0u64;
+        for (n, piece) in pieces.iter().enumerate() {
+            let via = if n % 2 == 0 { &a } else { &b };
+            let state = via
+                .append_upload(&repo(), &upload.id, Some(offset), chunk(piece.clone()))
+                .await
+                .unwrap();
+            offset += piece.len() as u64;
+            assert_eq!(state.size, offset);
+        }
+        let status = b.upload_status(&repo(), &upload.id).await.unwrap();
+        assert_eq!(status.multipart.as_ref().map(|m| m.etags.len()), Some(2));
+        assert_eq!(status.staged, None);
+        let last = content(300, 4);
+        let whole: Vec<u8> = pieces.iter().flatten().chain(&last).copied().collect();
+        let digest = Digest::of(Algorithm::Sha256, &whole);
+        let size = b
+            .finish_upload(&repo(), &upload.id, &digest, Some(offset), chunk(last))
+            .await
+            .unwrap();
+        assert_eq!(size, whole.len() as u64);
+        let index = a.blob_index(&digest).await.unwrap().unwrap();
+        assert_eq!(index.data, Key::BlobData(&upload.id).path().to_string());
+        assert_eq!(read_all(&a, &digest).await, whole);
+        // Nothing of the session is left but its data.
+        let left: Vec<_> = a
+            .objects
+            .list(None)
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(
+            left.iter().all(|k| !k.starts_with("uploads/")
+                && (!k.starts_with("blob-data/") || *k == index.data)),
+            "{left:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_small_blob_is_its_staged_chunk_and_a_second_push_of_it_keeps_the_first() {
+        let (a, b) = two_replicas();
+        let bytes = content(4096, 9);
+        let digest = Digest::of(Algorithm::Sha256, &bytes);
+        let first = a.start_upload(&repo(), Algorithm::Sha256).await.unwrap();
+        a.append_upload(&repo(), &first.id, Some(0), chunk(bytes.clone()))
+            .await
+            .unwrap();
+        a.finish_upload(&repo(), &first.id, &digest, None, chunk(Vec::new()))
+            .await
+            .unwrap();
+        let index = a.blob_index(&digest).await.unwrap().unwrap();
+        assert!(index.data.starts_with(&format!("blob-data/{}/", first.id)));
+        // The same bytes pushed monolithically through the other replica.
+        b.put_blob(&repo(), &digest, chunk(bytes.clone()))
+            .await
+            .unwrap();
+        assert_eq!(b.blob_index(&digest).await.unwrap().unwrap(), index);
+        assert_eq!(read_all(&b, &digest).await, bytes);
+        // A wrong digest stores nothing and leaves nothing.
+        let wrong = Digest::of(Algorithm::Sha256, b"other");
+        let refused = b
+            .put_blob(&repo(), &wrong, chunk(content(10 << 20, 1)))
+            .await;
+        assert!(
+            matches!(refused, Err(StorageError::DigestMismatch { .. })),
+            "{refused:?}"
+        );
+        assert!(b.blob_index(&wrong).await.unwrap().is_none());
+        let data: Vec<_> = b
+            .objects
+            .list(Some(&Key::BlobDataAll.path()))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(data, vec![index.data]);
+    }
+}

@@ -1,0 +1,212 @@
+//! Committing an upload on S3 moves no bytes: the replicas talk to MinIO through a
+//! proxy that notes every request, and a chunked push hopping between two replicas
+//! makes no CopyObject and reads none of its bytes back, yet pulls whole and verified.
+
+use std::sync::{Arc, Mutex};
+
+use reqwest::StatusCode;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::common::{Berth, sha256};
+use crate::minio_server;
+
+/// One request as it went to S3.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    copy_source: bool,
+}
+
+/// A TCP proxy in front of MinIO that parses each HTTP/1.1 request head on its way
+/// (bodies are framed by `Content-Length`) and passes every byte through unchanged.
+struct CountingProxy {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl CountingProxy {
+    async fn start(upstream: &str) -> CountingProxy {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, log) = (upstream.clone(), log.clone());
+                tokio::spawn(async move {
+                    let server = TcpStream::connect(&upstream).await.unwrap();
+                    let _ = relay(client, server, log).await;
+                });
+            }
+        });
+        CountingProxy { url, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    log: Arc<Mutex<Vec<Seen>>>,
+) -> std::io::Result<()> {
+    let (client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    tokio::spawn(async move { tokio::io::copy(&mut server_read, &mut client_write).await });
+    let mut client_read = BufReader::new(client_read);
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            if client_read.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            head.push(line.clone());
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut words = head[0].split_whitespace();
+        let (method, target) = (
+            words.next().unwrap_or_default(),
+            words.next().unwrap_or_default(),
+        );
+        let header = |name: &str| {
+            head.iter().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+        };
+        assert!(
+            header("transfer-encoding").is_none(),
+            "the proxy frames bodies by Content-Length only: {head:?}"
+        );
+        log.lock().unwrap().push(Seen {
+            method: method.to_string(),
+            target: target.to_string(),
+            copy_source: header("x-amz-copy-source").is_some(),
+        });
+        server_write.write_all(head.concat().as_bytes()).await?;
+        let length: u64 = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = (&mut client_read).take(length);
+        tokio::io::copy(&mut body, &mut server_write).await?;
+    }
+}
+
+fn content(len: usize) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chunked_upload_through_two_replicas_commits_without_copying_or_rereading_its_bytes() {
+    let Some(server) = minio_server::shared() else {
+        return;
+    };
+    let proxy = CountingProxy::start(&server.endpoint).await;
+    let storage = format!(
+        "s3://{}/in-place-{}",
+        server.bucket,
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut env = server.aws_env();
+    for (name, value) in &mut env {
+        if *name == "AWS_ENDPOINT" {
+            *value = proxy.url.clone();
+        }
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let replicas: Vec<Berth> = (0..2)
+        .map(|i| {
+            let id = format!("replica-{i}");
+            Berth::start_with(&["--storage", &storage, "--replica-id", &id], &env)
+        })
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(Berth::url).collect();
+    let http = reqwest::Client::new();
+
+    // 24 MiB, larger than one part, in three 8 MiB chunks: A, B, A; closed on B.
+    let blob = content(24 << 20);
+    let digest = sha256(&blob);
+    let resp = http
+        .post(format!("{}/v2/team/big/blobs/uploads/", urls[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let session = resp.headers()["location"].to_str().unwrap().to_string();
+    for (n, chunk) in blob.chunks(8 << 20).enumerate() {
+        let start = n * (8 << 20);
+        let resp = http
+            .patch(format!("{}{session}", urls[n % 2]))
+            .header("content-type", "application/octet-stream")
+            .header(
+                "content-range",
+                format!("{start}-{}", start + chunk.len() - 1),
+            )
+            .body(chunk.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "chunk {n}");
+    }
+    let sep = if session.contains('?') { '&' } else { '?' };
+    let resp = http
+        .put(format!("{}{session}{sep}digest={digest}", urls[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED, "closing PUT");
+
+    let pushed = proxy.seen();
+    let copies: Vec<_> = pushed.iter().filter(|s| s.copy_source).collect();
+    assert!(copies.is_empty(), "the push copied objects: {copies:?}");
+    let rereads: Vec<_> = pushed
+        .iter()
+        // A listing of the session's objects (to clean up) reads no bytes.
+        .filter(|s| {
+            s.method == "GET" && s.target.contains("blob-data") && !s.target.contains("list-type=")
+        })
+        .collect();
+    assert!(
+        rereads.is_empty(),
+        "the push read its bytes back: {rereads:?}"
+    );
+    let parts = pushed
+        .iter()
+        .filter(|s| s.method == "PUT" && s.target.contains("partNumber="))
+        .count();
+    let completed = pushed
+        .iter()
+        .filter(|s| s.method == "POST" && s.target.contains("uploadId="))
+        .count();
+    assert_eq!(
+        (parts, completed),
+        (3, 1),
+        "one multipart upload of three parts, completed once: {pushed:?}"
+    );
+
+    // It pulls whole and verified from both replicas.
+    for url in &urls {
+        let resp = http
+            .get(format!("{url}/v2/team/big/blobs/{digest}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.bytes().await.unwrap();
+        assert_eq!(body.len(), blob.len());
+        assert_eq!(sha256(&body), digest);
+    }
+}

@@ -100,20 +100,8 @@ pub async fn run(s: &Settings, targets: &[Target], nonce: u64) -> anyhow::Result
     let rate: Vec<f64> = mbps.iter_mut().map(med).collect();
     let peak: Vec<f64> = rss.iter_mut().map(med).collect();
     let mut rows = vec![
-        Row {
-            metric: format!("push {mib} MiB ×{n} at once (MB/s)"),
-            berth: rate[0],
-            peer: rate.get(1).copied(),
-            target: "-".to_string(),
-            verdict: None,
-        },
-        Row {
-            metric: format!("push {mib} MiB ×{n} peak RSS (MiB)"),
-            berth: peak[0],
-            peer: peak.get(1).copied(),
-            target: "-".to_string(),
-            verdict: None,
-        },
+        Row::reported(format!("push {mib} MiB ×{n} at once (MB/s)"), &rate),
+        Row::reported(format!("push {mib} MiB ×{n} peak RSS (MiB)"), &peak),
     ];
     if s.data_dir.is_some() {
         rows.extend(super::writeback::rows(

@@ -1139,6 +1139,19 @@ struct Row {
     verdict: Option<bool>,
 }
 
+impl Row {
+    /// A figure with no target: `values[0]` is berth's, `values[1]` (if any) the peer's.
+    fn reported(metric: String, values: &[f64]) -> Row {
+        Row {
+            metric,
+            berth: values[0],
+            peer: values.get(1).copied(),
+            target: "-".to_string(),
+            verdict: None,
+        }
+    }
+}
+
 fn read_first_line(path: &str) -> String {
     std::fs::read_to_string(path)
         .ok()

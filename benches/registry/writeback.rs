@@ -80,24 +80,18 @@ fn syncfs(dir: &File) -> std::io::Result<()> {
 pub fn rows(label: &str, bytes: usize, timed: &[Vec<(Duration, Option<Duration>)>]) -> Vec<Row> {
     let left: Vec<f64> = timed
         .iter()
-        .map(|v| median_of(v, |(_, w)| w.map_or(f64::NAN, |w| w.as_secs_f64() * 1e3)))
+        .map(|v| super::median_by(v, |(_, w)| w.map_or(f64::NAN, |w| w.as_secs_f64() * 1e3)))
         .collect();
     let on_disk: Vec<f64> = timed
         .iter()
         .map(|v| {
-            median_of(v, |(total, w)| {
+            super::median_by(v, |(total, w)| {
                 bytes as f64 / (*total + w.unwrap_or_default()).as_secs_f64() / 1e6
             })
         })
         .collect();
     vec![
-        Row {
-            metric: format!("{label}: writeback left after 201 (ms)"),
-            berth: left[0],
-            peer: left.get(1).copied(),
-            target: "-".to_string(),
-            verdict: None,
-        },
+        Row::reported(format!("{label}: writeback left after 201 (ms)"), &left),
         Row {
             metric: format!("{label}, until on disk (MB/s)"),
             berth: on_disk[0],
@@ -106,9 +100,4 @@ pub fn rows(label: &str, bytes: usize, timed: &[Vec<(Duration, Option<Duration>)
             verdict: on_disk.get(1).map(|&p| on_disk[0] > p),
         },
     ]
-}
-
-fn median_of<T>(items: &[T], f: impl Fn(&T) -> f64) -> f64 {
-    let mut v: Vec<f64> = items.iter().map(f).collect();
-    super::median(&mut v)
 }

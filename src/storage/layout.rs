@@ -19,6 +19,7 @@
 //! events/<micros>-<writer>-<seq>                       one push announced to the other replicas (JSON PushRecord),
 //!                                                      create-only; <micros> orders the log, pruned by the leader
 //! leader/lease                                         which `berth serve` replica leads (JSON BucketLease), If-Match
+//! readiness-probe/                                     never written: listed by /readyz to prove the store answers
 //! ```
 //!
 //! Only `blobs/` and `repositories/` hold registry content: listings, the catalog and
@@ -80,6 +81,8 @@ pub enum Key<'a> {
     PushRecord(i64, &'a str, u64),
     PushRecords,
     LeaderLease,
+    /// An empty prefix whose listing proves the store answers (see `probe.rs`).
+    Probe,
 }
 
 /// Digits of a push record's time, so keys sort as their times do.
@@ -145,6 +148,7 @@ impl Key<'_> {
             }
             Key::PushRecords => "events".to_string(),
             Key::LeaderLease => "leader/lease".to_string(),
+            Key::Probe => "readiness-probe".to_string(),
         };
         Path::from(s)
     }

@@ -27,9 +27,11 @@ mod manifests;
 mod mapped;
 mod parts;
 mod pipeline;
+mod probe;
 pub mod pull_counts;
 mod push_log;
 mod read;
+mod redirect;
 mod repositories;
 mod shared_secret;
 pub mod summaries;
@@ -65,6 +67,7 @@ pub use local::BlobReads;
 pub use manifests::{ManifestLink, StoredManifest, TagLink};
 pub use push_log::{ListedRecord, PushRecord};
 pub use read::{BlobBody, ByteRange, RangeError};
+pub use redirect::{BlobRedirect, RedirectError, RedirectSettings};
 pub use repositories::RepositoryUsage;
 pub use uploads::UploadState;
 
@@ -100,6 +103,8 @@ pub struct Store {
     pulls: Arc<pull_counts::PullCounter>,
     /// What listings show of each repository, kept up to date by writes (see `summaries.rs`).
     summaries: Arc<summaries::Summaries>,
+    /// Presigned redirects for large blob GETs, when configured (see `redirect.rs`).
+    redirects: Option<Arc<redirect::BlobRedirects>>,
 }
 
 impl Store {
@@ -118,6 +123,7 @@ impl Store {
             sweeps: SweepGate::default(),
             pulls: Arc::new(pull_counts::PullCounter::new("standalone")),
             summaries: Arc::default(),
+            redirects: None,
         }
     }
 

@@ -117,15 +117,15 @@ prepare_tmpfs() {
   fi
 }
 
-# The machine's real disk, as registries are run. berth keeps its fsync on every
-# commit; distribution never fsyncs, so its writes may still sit in the page cache.
+# The machine's real disk, as registries are run. Both fsync an upload's data before
+# they answer (distribution's filesystem driver syncs its file writer on Close/Commit).
 prepare_disk() {
   DISK_DIR=$(mktemp -d "${BENCH_DISK_DIR:-/var/tmp}/berth-bench.XXXXXX")
   DATA="$DISK_DIR"
   local fs dev
   fs=$(df --output=fstype "$DISK_DIR" | tail -1 | tr -d ' ')
   dev=$(df --output=source "$DISK_DIR" | tail -1 | tr -d ' ')
-  STORAGE_NOTE="real disk: $DISK_DIR ($fs on $dev); berth fsyncs every commit, distribution never fsyncs"
+  STORAGE_NOTE="real disk: $DISK_DIR ($fs on $dev); both fsync an upload's data before answering"
 }
 
 # A free loopback port (the kernel picks one; it stays free for the moment we need it).

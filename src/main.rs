@@ -24,6 +24,14 @@ use berth::schedule::Schedule;
 use berth::storage::{BlobReads, GcOptions, RedirectSettings, StorageLocation, Store};
 use berth::sync::{self, SyncMetrics};
 
+/// jemalloc, not glibc's malloc: under bursts of concurrent requests glibc's per-thread
+/// arenas kept the freed 1 MiB read and write buffers (anon RSS stayed at 250-300 MiB
+/// after a 256-client pull); jemalloc returns them within seconds (12-60 MiB), at equal
+/// throughput (benches/README.md).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// berth: a container registry configured by Kubernetes custom resources.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]

@@ -1,14 +1,13 @@
 //! The disk's share of a push: what a registry left for the disk to write after it
 //! answered, and how fast the disk itself takes fsynced writes.
 //!
-//! berth fsyncs every committed blob before it answers 201; distribution answers as soon
-//! as the bytes are in the page cache. Without care each registry would then pay for the
-//! other's leftovers: the next registry's fsync (or the kernel's writeback) flushes the
-//! previous one's dirty pages too, ext4's ordered journal included. So before every timed
-//! push the bench syncs the file system holding both data folders, outside the timing,
-//! and records how long that took as the previous push's *writeback*: the disk work it
-//! left behind. "push then on disk" adds it back, the figure for a registry whose data
-//! is as safe as berth's when it answers.
+//! Both berth and distribution fsync an upload's data before they answer 201, but either
+//! may leave other dirty pages behind, and the next fsync on the file system (or the
+//! kernel's writeback, ext4's ordered journal included) would flush them at the expense
+//! of whichever registry pushes next. So before every timed push the bench syncs the file
+//! system holding both data folders, outside the timing, and records how long that took
+//! as the previous push's *writeback*: the disk work it left behind. "until on disk" adds
+//! it back, the figure for a registry whose data is on the disk when it answers.
 
 use std::fs::File;
 use std::io::Write;

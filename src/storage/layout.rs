@@ -19,10 +19,12 @@
 //! events/<micros>-<writer>-<seq>                       one push announced to the other replicas (JSON PushRecord),
 //!                                                      create-only; <micros> orders the log, pruned by the leader
 //! leader/lease                                         which `berth serve` replica leads (JSON BucketLease), If-Match
+//! gc/sweep                                             the garbage collection running or last run (JSON SweepMarker),
+//!                                                      If-Match; never deleted (see `sweep_marker.rs`)
 //! ```
 //!
 //! Only `blobs/` and `repositories/` hold registry content: listings, the catalog and
-//! garbage collection never look at `auth/`, `events/` or `leader/`.
+//! garbage collection never look at `auth/`, `events/`, `leader/` or `gc/`.
 //!
 //! `<repo>` is the repository name with `/` written as `+` (a character names cannot
 //! contain), so the catalog is one delimited listing of `repositories/` rather than a
@@ -80,6 +82,7 @@ pub enum Key<'a> {
     PushRecord(i64, &'a str, u64),
     PushRecords,
     LeaderLease,
+    SweepMarker,
 }
 
 /// Digits of a push record's time, so keys sort as their times do.
@@ -145,6 +148,7 @@ impl Key<'_> {
             }
             Key::PushRecords => "events".to_string(),
             Key::LeaderLease => "leader/lease".to_string(),
+            Key::SweepMarker => "gc/sweep".to_string(),
         };
         Path::from(s)
     }
@@ -228,6 +232,7 @@ mod tests {
                 "events/00001700000000000000-w1a2-00000003".into(),
             ),
             (Key::LeaderLease, "leader/lease".into()),
+            (Key::SweepMarker, "gc/sweep".into()),
         ];
         for (key, want) in cases {
             assert_eq!(key.path().as_ref(), want, "{key:?}");

@@ -23,6 +23,7 @@ mod minio_server;
 mod replicas;
 mod sigv4;
 mod suite;
+mod sweep;
 
 macro_rules! storage_suite {
     ($($test:ident),* $(,)?) => {

@@ -21,7 +21,7 @@ use berth::registry::events::PushEvents;
 use berth::replicas::ReplicaMetrics;
 use berth::replicas::push_log::{PushLogSettings, PushLogTail};
 use berth::schedule::Schedule;
-use berth::storage::{BlobReads, GcOptions, StorageLocation, Store};
+use berth::storage::{BlobReads, GcOptions, RedirectSettings, StorageLocation, Store};
 use berth::sync::{self, SyncMetrics};
 
 /// berth: a container registry configured by Kubernetes custom resources.
@@ -253,6 +253,27 @@ struct RegistryArgs {
     /// The leader deletes push log records older than this.
     #[arg(long, default_value = "10m", value_parser = parse_duration, env = "BERTH_PUSH_LOG_RETENTION")]
     push_log_retention: std::time::Duration,
+
+    /// With S3 storage: answer a GET of a whole blob at least this large (bytes, or with
+    /// a KiB, MiB or GiB suffix) with `307 Temporary Redirect` to a presigned S3 URL, so
+    /// the bytes go from S3 to the client and not through berth. Access is checked first;
+    /// ranged GETs and HEAD are still answered by berth. Default: off.
+    #[arg(long, value_parser = parse_bytes, env = "BERTH_BLOB_REDIRECT_MIN_SIZE")]
+    blob_redirect_min_size: Option<usize>,
+
+    /// How long a redirect's presigned URL stays valid (at most 7 days).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, env = "BERTH_BLOB_REDIRECT_EXPIRY")]
+    blob_redirect_expiry: std::time::Duration,
+
+    /// The S3 endpoint as clients reach it (`https://s3.example.com`), when the one
+    /// berth uses (AWS_ENDPOINT, the storage file's `endpoint`) is internal. URLs are
+    /// signed for this host, so it must reach the same bucket and pass the Host header on.
+    #[arg(
+        long,
+        env = "BERTH_BLOB_REDIRECT_ENDPOINT",
+        requires = "blob_redirect_min_size"
+    )]
+    blob_redirect_endpoint: Option<String>,
 }
 
 impl RegistryArgs {
@@ -478,7 +499,17 @@ fn open_store(args: &RegistryArgs) -> anyhow::Result<Storage> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "standalone".into());
-    let store = store.with_replica(&replica);
+    let mut store = store.with_replica(&replica);
+    if let Some(min_size) = args.blob_redirect_min_size {
+        let settings = RedirectSettings {
+            min_size: min_size as u64,
+            expiry: args.blob_redirect_expiry,
+            endpoint: args.blob_redirect_endpoint.clone(),
+        };
+        store = store
+            .with_blob_redirects(&location, &settings)
+            .context("--blob-redirect-min-size")?;
+    }
     Ok(Storage {
         store,
         location,

@@ -45,6 +45,8 @@ pub struct HttpMetrics {
     pub request_duration: Family<RouteLabels, Histogram>,
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
+    /// Bytes of blobs whose GET was redirected to S3 (served by S3, not berth).
+    pub bytes_redirected: Counter,
     pub upload_duration: Histogram,
     pub blob_serve_duration: Histogram,
 }
@@ -87,6 +89,7 @@ impl Metrics {
             request_duration: Family::new_with_constructor(latency),
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
+            bytes_redirected: Counter::default(),
             upload_duration: latency(),
             blob_serve_duration: latency(),
         };
@@ -109,6 +112,11 @@ impl Metrics {
             "blob_sent_bytes",
             "Blob bytes served to clients",
             http.bytes_sent.clone(),
+        );
+        registry.register(
+            "blob_redirected_bytes",
+            "Blob bytes clients were redirected to fetch from S3 (--blob-redirect-min-size)",
+            http.bytes_redirected.clone(),
         );
         registry.register(
             "blob_upload_duration_seconds",

@@ -36,8 +36,14 @@ pub fn app_with_cluster(state: RegistryState, cluster: Option<kube::Client>) -> 
         .layer(middleware::from_fn_with_state(metrics, record))
 }
 
-/// Ready when the configuration is loaded and storage answers: a registry that would
-/// refuse pushes for want of its policy, or cannot reach its store, should not get traffic.
+/// How long `/readyz` waits for storage: less than the chart's probe timeout (5 s), so
+/// a store that is down answers 503 with a reason rather than a timed-out probe.
+const READINESS_STORAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Ready when berth can serve: the configuration is loaded and storage answers. A
+/// registry that would refuse pushes for want of its policy, or cannot reach its store,
+/// should not get traffic; `/healthz` (liveness) stays up meanwhile, as restarting
+/// berth does not bring the store back.
 async fn readyz(State(state): State<RegistryState>) -> Response {
     if !state.policy.is_loaded() || !state.auth.users().is_loaded() {
         return (
@@ -46,13 +52,20 @@ async fn readyz(State(state): State<RegistryState>) -> Response {
         )
             .into_response();
     }
-    match state.store.list_repositories().await {
-        Ok(_) => "ready".into_response(),
-        Err(e) => (
+    let unavailable = |reason: String| {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("storage unavailable: {e}"),
+            format!("storage unavailable: {reason}"),
         )
-            .into_response(),
+            .into_response()
+    };
+    match tokio::time::timeout(READINESS_STORAGE_TIMEOUT, state.store.check_reachable()).await {
+        Ok(Ok(())) => "ready".into_response(),
+        Ok(Err(e)) => unavailable(e.to_string()),
+        Err(_) => unavailable(format!(
+            "no answer within {}s",
+            READINESS_STORAGE_TIMEOUT.as_secs()
+        )),
     }
 }
 

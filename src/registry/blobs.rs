@@ -14,7 +14,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use super::error::{ErrorCode, RegistryError, Result};
 use super::{RegistryState, Request, header_value};
 use crate::oci::{Digest, RepositoryName};
-use crate::storage::ByteRange;
+use crate::storage::{BlobRedirect, ByteRange};
 
 fn unknown(digest: &Digest, name: &RepositoryName) -> RegistryError {
     RegistryError::new(
@@ -71,6 +71,16 @@ pub async fn get(
     }
 
     let header_range = req.header(header::RANGE);
+    // Only whole-blob GETs go to S3: a ranged GET (a resuming client) is answered by
+    // berth, with its own 206/416 semantics (see storage/redirect.rs).
+    if header_range.is_none() {
+        match state.store.blob_redirect(name, digest).await {
+            Ok(Some(redirect)) => return Ok(redirected(state, digest, redirect)),
+            Ok(None) => {}
+            Err(crate::storage::StorageError::BlobUnknown(_)) => return Err(unknown(digest, name)),
+            Err(e) => return Err(e.into()),
+        }
+    }
     let range = match header_range.map(ByteRange::parse).transpose() {
         Ok(range) => range.flatten(),
         Err(e) => return Err(unsatisfiable(state, name, digest, e.to_string()).await),
@@ -118,6 +128,17 @@ pub async fn get(
         );
     }
     Ok(response)
+}
+
+/// `307 Temporary Redirect` to the presigned URL: the client fetches the bytes from S3
+/// with the same method, and verifies them against the digest it asked for.
+fn redirected(state: &RegistryState, digest: &Digest, redirect: BlobRedirect) -> Response {
+    state.metrics.http.bytes_redirected.inc_by(redirect.size);
+    let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+    let h = response.headers_mut();
+    h.insert(header::LOCATION, header_value(redirect.url.as_str()));
+    h.insert("docker-content-digest", header_value(digest.to_string()));
+    response
 }
 
 pub async fn delete(

@@ -57,6 +57,11 @@ impl std::fmt::Debug for S3Settings {
 }
 
 impl S3Settings {
+    /// The bucket as these settings reach it (without the key prefix).
+    pub(super) fn build(&self) -> object_store::Result<object_store::aws::AmazonS3> {
+        self.builder().build()
+    }
+
     fn builder(&self) -> AmazonS3Builder {
         let mut b = AmazonS3Builder::from_env().with_bucket_name(&self.bucket);
         if let Some(v) = &self.region {

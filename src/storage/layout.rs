@@ -21,6 +21,7 @@
 //! leader/lease                                         which `berth serve` replica leads (JSON BucketLease), If-Match
 //! gc/sweep                                             the garbage collection running or last run (JSON SweepMarker),
 //!                                                      If-Match; never deleted (see `sweep_marker.rs`)
+//! readiness-probe/                                     never written: listed by /readyz to prove the store answers
 //! ```
 //!
 //! Only `blobs/` and `repositories/` hold registry content: listings, the catalog and
@@ -83,6 +84,8 @@ pub enum Key<'a> {
     PushRecords,
     LeaderLease,
     SweepMarker,
+    /// An empty prefix whose listing proves the store answers (see `probe.rs`).
+    Probe,
 }
 
 /// Digits of a push record's time, so keys sort as their times do.
@@ -149,6 +152,7 @@ impl Key<'_> {
             Key::PushRecords => "events".to_string(),
             Key::LeaderLease => "leader/lease".to_string(),
             Key::SweepMarker => "gc/sweep".to_string(),
+            Key::Probe => "readiness-probe".to_string(),
         };
         Path::from(s)
     }

@@ -27,9 +27,11 @@ mod manifests;
 mod mapped;
 mod parts;
 mod pipeline;
+mod probe;
 pub mod pull_counts;
 mod push_log;
 mod read;
+mod redirect;
 mod repositories;
 mod shared_secret;
 pub mod summaries;
@@ -66,6 +68,7 @@ pub use local::BlobReads;
 pub use manifests::{ManifestLink, StoredManifest, TagLink};
 pub use push_log::{ListedRecord, PushRecord};
 pub use read::{BlobBody, ByteRange, RangeError};
+pub use redirect::{BlobRedirect, RedirectError, RedirectSettings};
 pub use repositories::RepositoryUsage;
 pub use uploads::UploadState;
 
@@ -105,6 +108,8 @@ pub struct Store {
     pulls: Arc<pull_counts::PullCounter>,
     /// What listings show of each repository, kept up to date by writes (see `summaries.rs`).
     summaries: Arc<summaries::Summaries>,
+    /// Presigned redirects for large blob GETs, when configured (see `redirect.rs`).
+    redirects: Option<Arc<redirect::BlobRedirects>>,
 }
 
 impl Store {
@@ -125,6 +130,7 @@ impl Store {
             replica: Arc::from("standalone"),
             pulls: Arc::new(pull_counts::PullCounter::new("standalone")),
             summaries: Arc::default(),
+            redirects: None,
         }
     }
 

@@ -9,6 +9,14 @@ mod auth;
 mod common;
 mod http;
 mod image;
+// The MinIO fixture of the storage suite, for the redirect tests.
+#[allow(dead_code)]
+#[path = "../storage/minio_server.rs"]
+mod minio_server;
+mod redirects;
+#[allow(dead_code)]
+#[path = "../storage/sigv4.rs"]
+mod sigv4;
 mod tools;
 
 use common::Berth;

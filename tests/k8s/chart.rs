@@ -72,6 +72,158 @@ fn the_chart_grants_no_cluster_wide_secret_read() {
     );
 }
 
+/// The documents `helm template` renders with `args` (values files and `--set`s).
+fn rendered(helm: &std::path::Path, args: &[&str]) -> Vec<serde_yaml::Value> {
+    let mut all = vec!["template", "rel", CHART, "-n", "berth-system"];
+    all.extend(args);
+    let text = run(Command::new(helm).args(&all));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|d: &serde_yaml::Value| !d.is_null())
+        .collect()
+}
+
+fn of_kind<'a>(docs: &'a [serde_yaml::Value], kind: &str) -> Vec<&'a serde_yaml::Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+/// `helm template` with `args` fails, and its message contains `expected`.
+fn refused(helm: &std::path::Path, args: &[&str], expected: &str) {
+    let mut all = vec!["template", "rel", CHART];
+    all.extend(args);
+    let out = Command::new(helm).args(&all).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} rendered");
+    assert!(stderr.contains(expected), "{args:?}: {stderr}");
+}
+
+/// Scale-out mode (S3, several replicas): a PodDisruptionBudget, replicas preferring
+/// distinct nodes, readiness on `/readyz` ("can serve") and liveness on `/healthz`.
+#[test]
+fn scale_out_renders_a_disruption_budget_anti_affinity_and_readiness_on_readyz() {
+    let Some(helm) = require_tool("helm") else {
+        return;
+    };
+    let docs = rendered(&helm, &["-f", S3_VALUES, "--set", "replicas=3"]);
+    let deployment = of_kind(&docs, "Deployment")[0];
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let preferred = &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        [0]["podAffinityTerm"];
+    assert_eq!(preferred["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        preferred["labelSelector"]["matchLabels"], deployment["spec"]["selector"]["matchLabels"],
+        "the replicas avoid each other"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let after = |flag: &str| args.iter().position(|a| *a == flag).map(|i| args[i + 1]);
+    assert_eq!(
+        after("--push-log-poll"),
+        Some("200ms"),
+        "pushes to followers reach the leader through the bucket: {args:?}"
+    );
+    assert_eq!(after("--push-log-retention"), Some("10m"));
+    let pdbs = of_kind(&docs, "PodDisruptionBudget");
+    assert_eq!(pdbs.len(), 1);
+    assert_eq!(pdbs[0]["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdbs[0]["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+
+    // Required anti-affinity and minAvailable, when asked for.
+    let docs = rendered(
+        &helm,
+        &[
+            "-f",
+            S3_VALUES,
+            "--set",
+            "podAntiAffinity.type=hard",
+            "--set",
+            "podDisruptionBudget.minAvailable=2",
+        ],
+    );
+    let pod = &of_kind(&docs, "Deployment")[0]["spec"]["template"]["spec"];
+    let required =
+        &pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+    assert_eq!(required[0]["topologyKey"], "kubernetes.io/hostname");
+    let pdb = &of_kind(&docs, "PodDisruptionBudget")[0]["spec"];
+    assert_eq!(pdb["minAvailable"], 2);
+    assert!(pdb["maxUnavailable"].is_null(), "one of the two: {pdb:?}");
+
+    // One replica: nothing to spread, no budget.
+    let docs = rendered(&helm, &["-f", S3_VALUES, "--set", "replicas=1"]);
+    assert!(of_kind(&docs, "PodDisruptionBudget").is_empty());
+    let pod = &of_kind(&docs, "Deployment")[0]["spec"]["template"]["spec"];
+    assert!(pod["affinity"].is_null(), "{:?}", pod["affinity"]);
+}
+
+/// The blob redirect values become berth's flags; the filesystem store refuses them and
+/// refuses more than one replica, whatever its volume's access mode.
+#[test]
+fn the_chart_passes_blob_redirects_and_refuses_what_the_filesystem_store_cannot_do() {
+    let Some(helm) = require_tool("helm") else {
+        return;
+    };
+    let docs = rendered(
+        &helm,
+        &[
+            "-f",
+            S3_VALUES,
+            "--set",
+            "blobRedirect.minSize=16MiB",
+            "--set",
+            "blobRedirect.endpoint=https://s3.example.com",
+        ],
+    );
+    let args: Vec<&str> = of_kind(&docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+        [0]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let joined = args.join(" ");
+    for expected in [
+        "--blob-redirect-min-size 16MiB",
+        "--blob-redirect-expiry 5m",
+        "--blob-redirect-endpoint https://s3.example.com",
+    ] {
+        assert!(joined.contains(expected), "{expected} in {joined}");
+    }
+    let docs = rendered(&helm, &["-f", S3_VALUES]);
+    let args = format!(
+        "{:?}",
+        of_kind(&docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    );
+    assert!(!args.contains("blob-redirect"), "off by default: {args}");
+
+    refused(&helm, &["--set", "replicas=2"], "needs storage.type=s3");
+    refused(
+        &helm,
+        &[
+            "--set",
+            "replicas=2",
+            "--set",
+            "storage.filesystem.accessModes={ReadWriteMany}",
+        ],
+        "which a ReadWriteMany volume does not change",
+    );
+    refused(
+        &helm,
+        &["--set", "blobRedirect.minSize=16MiB"],
+        "blobRedirect.minSize needs storage.type=s3",
+    );
+}
+
 #[test]
 fn the_chart_crds_are_the_generated_ones() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/sync-chart-crds.sh");
@@ -153,6 +305,40 @@ async fn the_rendered_chart_is_accepted_by_the_apiserver_and_installs() {
         ready.trim(),
         "2",
         "the chart's Deployment runs two ready replicas"
+    );
+    let budget = cluster
+        .kubectl(&[
+            "get",
+            "poddisruptionbudget",
+            "-n",
+            namespace,
+            "-l",
+            &format!("app.kubernetes.io/instance={release}"),
+            "-o",
+            "jsonpath={.items[*].spec.maxUnavailable} {.items[*].status.expectedPods}",
+        ])
+        .ok();
+    assert_eq!(
+        budget.trim(),
+        "1 2",
+        "the budget covers both replicas, one may go at a time"
+    );
+    let spread = cluster
+        .kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            namespace,
+            "-l",
+            &format!("app.kubernetes.io/instance={release}"),
+            "-o",
+            "jsonpath={.items[*].spec.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].podAffinityTerm.topologyKey}",
+        ])
+        .ok();
+    assert_eq!(
+        spread.trim(),
+        "kubernetes.io/hostname kubernetes.io/hostname",
+        "each running replica prefers a node of its own"
     );
     run(Command::new(&helm).args([
         "uninstall",

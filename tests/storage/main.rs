@@ -20,6 +20,7 @@ mod gc;
 mod in_place;
 mod leader;
 mod minio_server;
+mod redirects;
 mod replicas;
 mod sigv4;
 mod suite;

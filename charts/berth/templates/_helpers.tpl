@@ -80,7 +80,11 @@ Included by the workload templates; renders nothing.
 */}}
 {{- define "berth.validate" -}}
 {{- if and (eq .Values.storage.type "filesystem") (gt (int .Values.replicas) 1) }}
-{{- fail (printf "replicas=%d needs storage.type=s3: the filesystem store is one ReadWriteOnce volume with a single writer, so it runs exactly one Pod" (int .Values.replicas)) }}
+{{- $rwx := has "ReadWriteMany" .Values.storage.filesystem.accessModes }}
+{{- fail (printf "replicas=%d needs storage.type=s3: the filesystem store has a single writer (its uploads and tags are serialised by locks inside one process)%s, so it runs exactly one Pod" (int .Values.replicas) (ternary ", which a ReadWriteMany volume does not change" "" $rwx)) }}
+{{- end }}
+{{- if and (eq .Values.storage.type "filesystem") .Values.blobRedirect.minSize }}
+{{- fail "blobRedirect.minSize needs storage.type=s3: only S3 can serve a blob by presigned URL" }}
 {{- end }}
 {{- if and (eq .Values.storage.type "s3") (not .Values.storage.s3.bucket) }}
 {{- fail "storage.type=s3 needs storage.s3.bucket" }}
@@ -119,6 +123,26 @@ registryHosts, or else the ingress hosts and the Service's DNS names.
 {{- $hosts = append $hosts (printf "%s.cluster.local:%v" $service .Values.service.port) }}
 {{- end }}
 {{- join "," $hosts }}
+{{- end }}
+
+{{/*
+Anti-affinity spreading the replicas over nodes (podAntiAffinity): preferred (soft)
+or required (hard).
+*/}}
+{{- define "berth.podAntiAffinity" -}}
+{{- $term := dict "topologyKey" .Values.podAntiAffinity.topologyKey "labelSelector" (dict "matchLabels" (include "berth.selectorLabels" . | fromYaml)) -}}
+podAntiAffinity:
+  {{- if eq .Values.podAntiAffinity.type "hard" }}
+  requiredDuringSchedulingIgnoredDuringExecution:
+    {{- list $term | toYaml | nindent 4 }}
+  {{- else if eq .Values.podAntiAffinity.type "soft" }}
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: {{ .Values.podAntiAffinity.weight }}
+      podAffinityTerm:
+        {{- toYaml $term | nindent 8 }}
+  {{- else }}
+  {{- fail (printf "podAntiAffinity.type %q is not soft, hard or none" .Values.podAntiAffinity.type) }}
+  {{- end }}
 {{- end }}
 
 {{/*
@@ -167,6 +191,24 @@ spec:
         - {{ include "berth.registryHosts" . | quote }}
         - --service-account-audience
         - {{ join "," .Values.serviceAccountAudiences | quote }}
+        {{- with .Values.blobRedirect }}
+        {{- if .minSize }}
+        - --blob-redirect-min-size
+        - {{ .minSize | quote }}
+        - --blob-redirect-expiry
+        - {{ .expiry | quote }}
+        {{- if .endpoint }}
+        - --blob-redirect-endpoint
+        - {{ .endpoint | quote }}
+        {{- end }}
+        {{- end }}
+        {{- end }}
+        {{- if eq .Values.storage.type "s3" }}
+        - --push-log-poll
+        - {{ .Values.pushLog.poll | quote }}
+        - --push-log-retention
+        - {{ .Values.pushLog.retention | quote }}
+        {{- end }}
         {{- range .Values.extraArgs }}
         - {{ . | quote }}
         {{- end }}
@@ -249,9 +291,12 @@ spec:
   nodeSelector:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with .Values.affinity }}
+  {{- if .Values.affinity }}
   affinity:
-    {{- toYaml . | nindent 4 }}
+    {{- toYaml .Values.affinity | nindent 4 }}
+  {{- else if and (gt (int .Values.replicas) 1) (ne .Values.podAntiAffinity.type "none") }}
+  affinity:
+    {{- include "berth.podAntiAffinity" . | nindent 4 }}
   {{- end }}
   {{- with .Values.topologySpreadConstraints }}
   topologySpreadConstraints:

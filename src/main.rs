@@ -222,6 +222,18 @@ struct RegistryArgs {
     #[arg(long, default_value = "24h", value_parser = parse_duration, env = "BERTH_GC_UNTAGGED_DELAY")]
     gc_untagged_delay: std::time::Duration,
 
+    /// With S3 storage, a collection keeps a marker object in the bucket (`gc/sweep`)
+    /// renewed while it runs, so that pushes on other replicas that only link existing
+    /// content wait for it and check what they link. A marker not renewed for this long
+    /// is ignored (its replica died): the longest such a push waits for a dead leader.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "BERTH_GC_SWEEP_MARKER_DURATION")]
+    gc_sweep_marker_duration: std::time::Duration,
+
+    /// For tests only: pause each collection this long between sweeping the repositories
+    /// and sweeping content, so that writes land while it runs.
+    #[arg(long, default_value = "0s", value_parser = parse_duration, hide = true)]
+    gc_test_pause: std::time::Duration,
+
     /// This process's name among replicas sharing the storage: each writes its pull
     /// counts to its own objects, and readers sum them. Default: the host name (the
     /// Pod name in a cluster), else `standalone`.
@@ -286,7 +298,10 @@ impl RegistryArgs {
         let options = GcOptions {
             grace: self.gc_grace,
             untagged_delay: self.gc_untagged_delay,
+            marker_duration: self.gc_sweep_marker_duration,
+            pause_before_content: self.gc_test_pause,
         };
+        store.register_sweep_metrics(registry);
         Ok(Collector::new(store.clone(), options, schedule, registry))
     }
 

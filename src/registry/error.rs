@@ -148,7 +148,8 @@ impl From<StorageError> for RegistryError {
         let code = match &e {
             StorageError::Backend { .. }
             | StorageError::Corrupt { .. }
-            | StorageError::SweepRunning => {
+            | StorageError::SweepRunning
+            | StorageError::SweepMarkerLost => {
                 tracing::error!(error = %e, "storage failure");
                 return RegistryError::new(
                     ErrorCode::Unknown,

@@ -5,6 +5,7 @@ use super::Store;
 use super::error::{Result, StorageError};
 use super::layout::Key;
 use super::read::{BlobBody, ByteRange, open_range};
+use super::sweep_marker::Crossed;
 use crate::oci::{Digest, RepositoryName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +93,10 @@ impl Store {
         digest: &Digest,
         from: Option<&RepositoryName>,
     ) -> Result<Option<u64>> {
-        let _pass = self
+        // Only a link is written: a sweep on another replica may delete the content
+        // between the check below and the link (see `sweep_gate.rs`).
+        let window = self.open_sweep_window().await?;
+        let pass = self
             .sweeps
             .enter([
                 Key::Blob(digest).path().to_string(),
@@ -110,8 +114,29 @@ impl Store {
                 None => return Ok(None),
             },
         };
+        let link = Key::BlobLink(repo, digest).path();
         self.link_blob(repo, digest, size).await?;
-        Ok(Some(size))
+        drop(pass);
+        if !self.sweep_crossed(&window).await? {
+            return Ok(Some(size));
+        }
+        if self.content_survived(digest).await? {
+            self.count_crossed(Crossed::kept);
+            return Ok(Some(size));
+        }
+        // Collected while it was being mounted: the link goes, and the client uploads
+        // the blob (202, as for a blob that is not there to mount).
+        self.delete(&link).await?;
+        self.count_crossed(Crossed::refused);
+        tracing::info!(repository = %repo, %digest, "a garbage collection deleted the blob being mounted; asking for an upload");
+        Ok(None)
+    }
+
+    /// Whether the content of `digest` is still stored, read afresh (not from the cache
+    /// of index records).
+    pub(super) async fn content_survived(&self, digest: &Digest) -> Result<bool> {
+        self.index_cache.forget(digest);
+        Ok(self.content_size(digest).await?.is_some())
     }
 
     /// Removes the blob from `repo`. The content stays until garbage collection finds

@@ -41,6 +41,10 @@ pub enum StorageError {
     NameUnknown(RepositoryName),
     #[error("a garbage collection is running already")]
     SweepRunning,
+    /// The running sweep could not renew its marker in the bucket (or another replica
+    /// took it over): it stopped deleting before other replicas could think it dead.
+    #[error("garbage collection stopped: its sweep marker could not be renewed")]
+    SweepMarkerLost,
     /// A tag written create-only (an immutable tag) already points elsewhere.
     #[error("tag {tag} already points to {existing}")]
     TagTaken { tag: Tag, existing: Digest },

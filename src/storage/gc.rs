@@ -22,6 +22,7 @@ use jiff::Timestamp;
 use object_store::ObjectMeta;
 use object_store::path::Path;
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::Store;
 use super::error::{Result, StorageError};
@@ -42,6 +43,12 @@ pub struct GcOptions {
     pub grace: Duration,
     /// Manifests no tag reaches are kept this long after they were last pushed.
     pub untagged_delay: Duration,
+    /// On a shared bucket, how long the sweep marker stays valid without a renewal: the
+    /// longest that writers on other replicas wait for a sweeper that died.
+    pub marker_duration: Duration,
+    /// A pause between sweeping the repositories and sweeping content, for tests that
+    /// need writes to land while a sweep runs. Zero in production.
+    pub pause_before_content: Duration,
 }
 
 impl Default for GcOptions {
@@ -49,6 +56,8 @@ impl Default for GcOptions {
         GcOptions {
             grace: Duration::from_secs(3600),
             untagged_delay: Duration::from_secs(24 * 3600),
+            marker_duration: Duration::from_secs(30),
+            pause_before_content: Duration::ZERO,
         }
     }
 }
@@ -82,14 +91,42 @@ struct Listed {
 
 impl Store {
     /// Runs one garbage collection over the whole store. Fails with `SweepRunning`
-    /// when one is running already in this process.
+    /// when one is running already in this process, or on another replica sharing the
+    /// bucket (see `sweep_marker.rs`).
     pub async fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
         let started = Instant::now();
-        let sweep = self
+        let mut sweep = self
             .sweeps
             .start_sweep()
             .await
             .ok_or(StorageError::SweepRunning)?;
+        // After the in-process gate: this process's writers that started before are done,
+        // so none of them waits for this marker while the sweep waits for it.
+        let marker = match self.local {
+            Some(_) => None,
+            None => Some(self.hold_sweep_marker(options.marker_duration).await?),
+        };
+        if let Some(marker) = &marker {
+            sweep.fenced(marker.fence());
+        }
+        let id = marker.as_ref().map(|m| m.id()).unwrap_or_default();
+        let span = tracing::info_span!("sweep", sweep = %id);
+        let result = self
+            .sweep_all(&sweep, options, started)
+            .instrument(span)
+            .await;
+        if let Some(marker) = marker {
+            marker.release().await;
+        }
+        result
+    }
+
+    async fn sweep_all(
+        &self,
+        sweep: &Sweep,
+        options: &GcOptions,
+        started: Instant,
+    ) -> Result<GcReport> {
         let now = Timestamp::now();
         let mut report = GcReport::default();
         let mut live: HashSet<Digest> = HashSet::new();
@@ -97,14 +134,17 @@ impl Store {
             let Ok(repo) = name.parse::<RepositoryName>() else {
                 continue;
             };
-            self.sweep_repository(&sweep, &repo, options, now, &mut live, &mut report)
+            self.sweep_repository(sweep, &repo, options, now, &mut live, &mut report)
                 .await?;
             report.repositories += 1;
         }
-        self.sweep_content(&sweep, options, now, &live, &mut report)
+        if !options.pause_before_content.is_zero() {
+            tokio::time::sleep(options.pause_before_content).await;
+        }
+        self.sweep_content(sweep, options, now, &live, &mut report)
             .await?;
         if self.local.is_none() {
-            self.sweep_in_place(&sweep, options, now, &live, &mut report)
+            self.sweep_in_place(sweep, options, now, &live, &mut report)
                 .await?;
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
@@ -182,7 +222,7 @@ impl Store {
                 continue;
             }
             let link = Key::ManifestLink(repo, digest).path();
-            if !sweep.begin_delete(link.as_ref()) {
+            if !sweep.begin_delete(link.as_ref())? {
                 report.kept_claimed += 1;
                 live.insert(digest.clone());
                 continue;
@@ -286,7 +326,7 @@ impl Store {
     }
 
     pub(super) async fn delete_unclaimed(&self, sweep: &Sweep, key: &Path) -> Result<Deleted> {
-        if !sweep.begin_delete(key.as_ref()) {
+        if !sweep.begin_delete(key.as_ref())? {
             return Ok(Deleted::Claimed);
         }
         let result = self.delete(key).await;

@@ -106,6 +106,7 @@ impl Store {
             {
                 Deleted::Yes => {
                     self.index_cache.forget(&digest);
+                    sweep.check_fence()?;
                     self.delete(&Path::from(index.data.as_str())).await?;
                     tracing::debug!(%digest, bytes = index.size, "deleted content nothing references");
                     report.blobs_deleted += 1;
@@ -119,7 +120,11 @@ impl Store {
             }
         }
         for key in orphans {
-            if !referenced.contains(key.as_ref()) && self.delete(&key).await? {
+            if referenced.contains(key.as_ref()) {
+                continue;
+            }
+            sweep.check_fence()?;
+            if self.delete(&key).await? {
                 tracing::debug!(%key, "deleted upload data no index names");
             }
         }

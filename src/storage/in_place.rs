@@ -36,6 +36,7 @@ use super::error::{Result, StorageError};
 use super::hasher::Hasher;
 use super::layout::Key;
 use super::pipeline::HashPipeline;
+use super::sweep_marker::Crossed;
 use super::uploads::{PART_CHUNK, PARTS_IN_FLIGHT, Part, UploadState};
 use crate::oci::{Algorithm, Digest, RepositoryName};
 
@@ -341,8 +342,10 @@ impl Store {
             }
         }
         // Claimed before the existence check: content found here is not collected
-        // before the link to it is written.
-        let _pass = self
+        // before the link to it is written. On another replica, a sweep may still delete
+        // it: the window tells (see `sweep_gate.rs`).
+        let window = self.open_sweep_window().await?;
+        let pass = self
             .sweeps
             .enter([
                 Key::Blob(digest).path().to_string(),
@@ -353,8 +356,70 @@ impl Store {
         if same_algorithm && let Some(size) = self.content_size(digest).await? {
             // Stored already (by another session, or before commits were in place).
             self.link_blob(repo, digest, size).await?;
-            return Ok((size, None));
+            drop(pass);
+            if self.linked_content_kept(&window, digest).await? {
+                return Ok((size, None));
+            }
+            // Collected while it was being linked: this session's own bytes go in its
+            // place below (its multipart upload is still open).
+            return self.commit_own_bytes(multipart, repo, state, digest).await;
         }
+        let committed = self.commit_own_bytes(multipart, repo, state, digest).await;
+        drop(pass);
+        if let Ok((_, None)) = &committed
+            && !self.linked_content_kept(&window, digest).await?
+        {
+            // Another session's bytes were linked instead of ours, and collected since;
+            // ours are still there (not discarded yet): index them.
+            let data = self.session_data(state);
+            if let Indexed::Existed = self.write_index(digest, &data, state.size).await? {
+                // Yet another session indexed the digest meanwhile: fresh content.
+                self.count_crossed(Crossed::kept);
+                return committed;
+            }
+            self.link_blob(repo, digest, state.size).await?;
+            return Ok((state.size, Some(data)));
+        }
+        committed
+    }
+
+    /// After a link-only commit: whether the content it linked is still there once no
+    /// sweep runs across it (counted when one did).
+    async fn linked_content_kept(
+        &self,
+        window: &super::sweep_marker::SweepWindow,
+        digest: &Digest,
+    ) -> Result<bool> {
+        if !self.sweep_crossed(window).await? {
+            return Ok(true);
+        }
+        if self.content_survived(digest).await? {
+            self.count_crossed(Crossed::kept);
+            return Ok(true);
+        }
+        self.count_crossed(Crossed::rewritten);
+        tracing::info!(%digest, "a garbage collection deleted the content an upload was committed onto; committing the upload's own bytes");
+        Ok(false)
+    }
+
+    /// The object holding the session's bytes once completed.
+    fn session_data(&self, state: &UploadState) -> Path {
+        match (&state.multipart, &state.staged) {
+            (None, Some(staged)) => Key::BlobStaged(&state.id, staged.offset, &staged.write).path(),
+            _ => Key::BlobData(&state.id).path(),
+        }
+    }
+
+    /// Completes the session where it was written and indexes it (unless the digest is
+    /// indexed already), then links it.
+    async fn commit_own_bytes(
+        &self,
+        multipart: &Multipart,
+        repo: &RepositoryName,
+        state: &UploadState,
+        digest: &Digest,
+    ) -> Result<(u64, Option<Path>)> {
+        let same_algorithm = state.algorithm == digest.algorithm();
         let data = match (&state.multipart, &state.staged) {
             (Some(upload), _) => {
                 let key = Key::BlobData(&state.id).path();

@@ -19,11 +19,13 @@
 //! events/<micros>-<writer>-<seq>                       one push announced to the other replicas (JSON PushRecord),
 //!                                                      create-only; <micros> orders the log, pruned by the leader
 //! leader/lease                                         which `berth serve` replica leads (JSON BucketLease), If-Match
+//! gc/sweep                                             the garbage collection running or last run (JSON SweepMarker),
+//!                                                      If-Match; never deleted (see `sweep_marker.rs`)
 //! readiness-probe/                                     never written: listed by /readyz to prove the store answers
 //! ```
 //!
 //! Only `blobs/` and `repositories/` hold registry content: listings, the catalog and
-//! garbage collection never look at `auth/`, `events/` or `leader/`.
+//! garbage collection never look at `auth/`, `events/`, `leader/` or `gc/`.
 //!
 //! `<repo>` is the repository name with `/` written as `+` (a character names cannot
 //! contain), so the catalog is one delimited listing of `repositories/` rather than a
@@ -81,6 +83,7 @@ pub enum Key<'a> {
     PushRecord(i64, &'a str, u64),
     PushRecords,
     LeaderLease,
+    SweepMarker,
     /// An empty prefix whose listing proves the store answers (see `probe.rs`).
     Probe,
 }
@@ -148,6 +151,7 @@ impl Key<'_> {
             }
             Key::PushRecords => "events".to_string(),
             Key::LeaderLease => "leader/lease".to_string(),
+            Key::SweepMarker => "gc/sweep".to_string(),
             Key::Probe => "readiness-probe".to_string(),
         };
         Path::from(s)
@@ -232,6 +236,7 @@ mod tests {
                 "events/00001700000000000000-w1a2-00000003".into(),
             ),
             (Key::LeaderLease, "leader/lease".into()),
+            (Key::SweepMarker, "gc/sweep".into()),
         ];
         for (key, want) in cases {
             assert_eq!(key.path().as_ref(), want, "{key:?}");

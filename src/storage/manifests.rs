@@ -9,6 +9,7 @@ use object_store::{PutMode, PutOptions, PutPayload};
 
 use super::error::{Result, StorageError};
 use super::layout::{self, Key};
+use super::sweep_marker::Crossed;
 use super::{KeyedGuard, Store};
 use crate::oci::{
     Descriptor, Digest, Manifest, ManifestKind, Reference, RepositoryName, Tag,
@@ -80,38 +81,16 @@ impl Store {
                 actual: digest,
             });
         }
-        // What this manifest writes and relies on stays while a collection runs.
+        // What this manifest writes and relies on stays while a collection runs: in this
+        // process by claims, on other replicas sharing a bucket by the window (see
+        // `sweep_gate.rs`), checked before any tag points at the manifest.
+        let window = self.open_sweep_window().await?;
         let _pass = self.sweeps.enter(claims(repo, &digest, manifest)).await;
         self.check_references(repo, manifest).await?;
-
-        // Content first, then the revision link, the referrers entry, and the tag last.
-        self.put_bytes(&Key::Blob(&digest).path(), body.clone())
-            .await?;
-        // The first pull of a fresh push (often a rollout right after it) skips the read.
-        self.manifests.insert(&digest, &body);
-        let link = ManifestLink {
-            media_type: manifest.media_type.clone(),
-            size: body.len() as u64,
-            subject: manifest.subject.as_ref().map(|s| s.digest.clone()),
-        };
-        self.put_json(&Key::ManifestLink(repo, &digest).path(), &link)
-            .await?;
-        if let Some(subject) = &manifest.subject {
-            let descriptor = Descriptor {
-                media_type: manifest.media_type.clone(),
-                digest: digest.clone(),
-                size: body.len() as u64,
-                artifact_type: manifest.effective_artifact_type(),
-                annotations: manifest.annotations.clone(),
-                urls: None,
-                platform: None,
-            };
-            let key = Key::Referrer {
-                repo,
-                subject: &subject.digest,
-                referrer: &digest,
-            };
-            self.put_json(&key.path(), &descriptor).await?;
+        self.write_revision(repo, &digest, &body, manifest).await?;
+        if self.sweep_crossed(&window).await? {
+            self.recheck_revision(repo, &digest, &body, manifest)
+                .await?;
         }
         let pointer = TagLink {
             digest: digest.clone(),
@@ -131,6 +110,134 @@ impl Store {
             }
         }
         Ok(digest)
+    }
+
+    /// Writes a manifest revision: its content, its link and its referrers entry.
+    async fn write_revision(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        body: &Bytes,
+        manifest: &Manifest,
+    ) -> Result<()> {
+        // Content first, then the revision link, the referrers entry (and the tags last).
+        self.put_bytes(&Key::Blob(digest).path(), body.clone())
+            .await?;
+        // The first pull of a fresh push (often a rollout right after it) skips the read.
+        self.manifests.insert(digest, body);
+        let link = ManifestLink {
+            media_type: manifest.media_type.clone(),
+            size: body.len() as u64,
+            subject: manifest.subject.as_ref().map(|s| s.digest.clone()),
+        };
+        self.put_json(&Key::ManifestLink(repo, digest).path(), &link)
+            .await?;
+        if let Some(subject) = &manifest.subject {
+            let descriptor = Descriptor {
+                media_type: manifest.media_type.clone(),
+                digest: digest.clone(),
+                size: body.len() as u64,
+                artifact_type: manifest.effective_artifact_type(),
+                annotations: manifest.annotations.clone(),
+                urls: None,
+                platform: None,
+            };
+            let key = Key::Referrer {
+                repo,
+                subject: &subject.digest,
+                referrer: digest,
+            };
+            self.put_json(&key.path(), &descriptor).await?;
+        }
+        Ok(())
+    }
+
+    /// After a sweep ran across a manifest push (and ended): the revision is written
+    /// again if the sweep took any of it, and the push is refused with
+    /// `ManifestBlobUnknown` (its revision removed) if it took something the manifest
+    /// references.
+    async fn recheck_revision(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        body: &Bytes,
+        manifest: &Manifest,
+    ) -> Result<()> {
+        if let Some(missing) = self.first_missing_reference(repo, manifest).await? {
+            let link = Key::ManifestLink(repo, digest).path();
+            self.delete(&link).await?;
+            if let Some(subject) = &manifest.subject {
+                let entry = Key::Referrer {
+                    repo,
+                    subject: &subject.digest,
+                    referrer: digest,
+                };
+                self.delete(&entry.path()).await?;
+            }
+            self.count_crossed(Crossed::refused);
+            tracing::info!(repository = %repo, %digest, %missing, "a garbage collection deleted what a manifest being pushed references; refusing it");
+            return Err(StorageError::ManifestBlobUnknown(missing));
+        }
+        let content = self.exists(&Key::Blob(digest).path()).await?;
+        let link = self.exists(&Key::ManifestLink(repo, digest).path()).await?;
+        if content && link {
+            self.count_crossed(Crossed::kept);
+        } else {
+            self.write_revision(repo, digest, body, manifest).await?;
+            self.count_crossed(Crossed::rewritten);
+            tracing::info!(repository = %repo, %digest, "a garbage collection deleted a manifest being pushed again; wrote it again");
+        }
+        Ok(())
+    }
+
+    /// The first thing `manifest` references that `repo` no longer holds: its link, or
+    /// the content behind the link.
+    async fn first_missing_reference(
+        &self,
+        repo: &RepositoryName,
+        manifest: &Manifest,
+    ) -> Result<Option<Digest>> {
+        let mut wanted: Vec<(Path, Digest, bool)> = Vec::new();
+        if let Some(config) = &manifest.config {
+            wanted.push((
+                Key::BlobLink(repo, &config.digest).path(),
+                config.digest.clone(),
+                true,
+            ));
+        }
+        for d in &manifest.references {
+            match manifest.kind {
+                ManifestKind::Image if is_non_distributable(&d.media_type) => {}
+                ManifestKind::Image => wanted.push((
+                    Key::BlobLink(repo, &d.digest).path(),
+                    d.digest.clone(),
+                    true,
+                )),
+                ManifestKind::Index => wanted.push((
+                    Key::ManifestLink(repo, &d.digest).path(),
+                    d.digest.clone(),
+                    false,
+                )),
+            }
+        }
+        let store = self.clone();
+        let missing: Vec<Digest> = stream::iter(wanted)
+            .map(move |(link, digest, blob)| {
+                let store = store.clone();
+                async move {
+                    let there = store.exists(&link).await?
+                        && match blob {
+                            true => store.content_survived(&digest).await?,
+                            false => store.exists(&Key::Blob(&digest).path()).await?,
+                        };
+                    Ok::<_, StorageError>((!there).then_some(digest))
+                }
+            })
+            .buffer_unordered(CHECK_CONCURRENCY)
+            .try_filter_map(|d| async move { Ok(d) })
+            .try_collect()
+            .await?;
+        Ok(missing.into_iter().next())
     }
 
     /// Writes a tag pointer only if the tag does not exist; pushing the same digest

@@ -36,6 +36,7 @@ mod repositories;
 mod shared_secret;
 pub mod summaries;
 mod sweep_gate;
+mod sweep_marker;
 mod sync_state;
 mod tag_times;
 mod upload_expiry;
@@ -99,6 +100,10 @@ pub struct Store {
     upload_budget: UploadBudget,
     /// Keeps garbage collection off what pushes are linking (see `sweep_gate.rs`).
     sweeps: SweepGate,
+    /// What this process saw of sweeps by any replica (see `sweep_marker.rs`).
+    marker: Arc<sweep_marker::MarkerView>,
+    /// This process's name among replicas sharing the storage.
+    replica: Arc<str>,
     /// Pull counts not yet written (see `pull_counts.rs`).
     pulls: Arc<pull_counts::PullCounter>,
     /// What listings show of each repository, kept up to date by writes (see `summaries.rs`).
@@ -121,6 +126,8 @@ impl Store {
             upload_budget: UploadBudget::new(DEFAULT_UPLOAD_BUFFER, REMOTE_WORKING_SET)
                 .expect("the default budget holds an upload"),
             sweeps: SweepGate::default(),
+            marker: Arc::default(),
+            replica: Arc::from("standalone"),
             pulls: Arc::new(pull_counts::PullCounter::new("standalone")),
             summaries: Arc::default(),
             redirects: None,
@@ -139,6 +146,7 @@ impl Store {
     /// storage, so each writes only its own (see `pull_counts.rs`).
     pub fn with_replica(mut self, replica: &str) -> Self {
         self.pulls = Arc::new(pull_counts::PullCounter::new(replica));
+        self.replica = Arc::from(replica);
         self
     }
 

@@ -14,22 +14,65 @@
 //!   claim and keeps the object, or the writer waits until the delete is done and then
 //!   finds the object missing (and uploads it again, or is told to).
 //!
-//! Claims are in this process's memory: one process sweeps a store (the leader). Other
-//! replicas writing to the same bucket are covered by the grace period only when they
-//! write something new. A replica that only *links* old content (a deduplicated commit,
-//! a mount) or pushes a manifest naming old links, after the sweep listed its repository
-//! and before the sweep deletes, is not covered yet. The planned fix (issue #13): the
-//! sweep writes a marker object before it lists and removes it when done; such a writer,
-//! after writing its link and before answering, reads the marker (before and after its
-//! existence check): with no sweep running across that window the sweep's listing sees
-//! the link; otherwise it waits for the sweep to end and checks that what it relies on
-//! still exists, removing its link and failing (or, for a mount, asking for an upload)
-//! when it does not.
+//! Claims are in this process's memory: one process sweeps a store (the leader). On a
+//! local directory that is the whole story (one process). On a bucket shared by
+//! replicas, writes on *other* replicas are not claimed. Those that write something new
+//! are covered by the grace period and the untagged delay: a sweep deletes only keys
+//! it listed, and only old ones. Those that only *link* existing content (an upload
+//! committed onto content that exists, a mount) or push a manifest naming existing
+//! links and content are covered by the sweep marker (`sweep_marker.rs`):
+//!
+//! * the sweep, before it lists anything, writes the marker `sweeping` with a fresh id
+//!   (create-only or `If-Match`: never while another sweep's marker is live), renews it
+//!   while it runs, stops deleting if it could not renew for two thirds of its duration,
+//!   and writes it `done` after its last delete;
+//! * a link-only writer, before it checks what it relies on, opens a *window*: the
+//!   version of the marker this process last read (every read is remembered; the first
+//!   writer of a process reads it). After writing its links (and before writing a tag)
+//!   it reads the marker once more. The *same version*, *quiet* when the window opened
+//!   (`done`, absent, or `sweeping` but unchanged for longer than its duration), means
+//!   no sweep deleted anything during the window: that costs one small GET. Otherwise it
+//!   waits until the marker is quiet (polling it), then checks what it relies on: the
+//!   content it linked (mount, deduplicated commit), and for a manifest every link and
+//!   content it references, and its own content and link.
+//!
+//! Why that is enough. Let a writer W open its window at t0 (version V, quiet), check
+//! at t1 > t0, write its links at t2, and read version V' at t3. Let a sweep S write its
+//! marker at ta, list at tb > ta and delete at tc > tb, and write `done` at td > tc.
+//!
+//! * V' = V and V quiet: no marker write happened in [t0, t3] (each write has distinct
+//!   content, so a distinct version). So no sweep started in it (ta would be a write),
+//!   and none was deleting at t0: a `done` marker is written after the last delete; an
+//!   expired one was last renewed more than a duration before t0, and its sweeper
+//!   stopped deleting two thirds of a duration after that renewal. No delete of S falls
+//!   in [t0, t3]: W's check at t1 stays true. A sweep starting after t3 lists after t2
+//!   and sees W's links (fresh, so kept by the grace period or untagged delay).
+//! * otherwise: W waits until it reads a quiet marker at t4 ≥ t3. Any sweep that
+//!   started before t3 has, by t4, written `done` (all its deletes are done) or expired
+//!   (it stopped deleting before). A sweep that started after t3 lists after W's links.
+//!   So what W finds at t4 is final: if it is all there, W is safe; if not, W undoes
+//!   (removes the link it wrote) and a mount answers 202 (upload instead), an upload
+//!   commit puts its own bytes in place (its multipart upload, staged chunk or parts
+//!   are still there: discarded only after the commit returns), and a manifest push is
+//!   refused with `MANIFEST_BLOB_UNKNOWN` before any tag points at it (its own content
+//!   or link, if the sweep took them, is written again).
+//! * the sweeper's own writers: the in-process gate covers them. A writer holding a pass
+//!   entered before the sweep is waited for before the marker is written (so it never
+//!   waits for this process's marker while the sweep waits for it), and one that
+//!   entered after claimed its keys.
+//!
+//! Expiry is judged by each reader's monotonic clock from how long it saw one version
+//! (as the bucket lease is): clocks of different hosts are never compared. A dead
+//! sweeper delays link-only writes by at most one marker duration, and the next sweep
+//! takes its marker over after one duration.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
+
+use super::error::Result;
+use super::sweep_marker::Fence;
 
 #[derive(Clone, Default)]
 pub(super) struct SweepGate(Arc<Shared>);
@@ -75,6 +118,8 @@ impl Drop for WritePass {
 /// Held by the sweep; dropping it ends the sweep and forgets its claims.
 pub(super) struct Sweep {
     shared: Arc<Shared>,
+    /// On a shared bucket: whether the sweep's marker still holds (see `sweep_marker.rs`).
+    fence: Option<Arc<Fence>>,
 }
 
 impl Drop for Sweep {
@@ -140,6 +185,7 @@ impl SweepGate {
         }
         let sweep = Sweep {
             shared: self.0.clone(),
+            fence: None,
         };
         loop {
             let notified = self.0.changed.notified();
@@ -161,15 +207,29 @@ impl SweepGate {
 }
 
 impl Sweep {
+    /// Deletes of this sweep go on only while `fence` holds.
+    pub fn fenced(&mut self, fence: Arc<Fence>) {
+        self.fence = Some(fence);
+    }
+
+    /// Fails when the sweep must stop deleting: its marker was not renewed in time.
+    pub fn check_fence(&self) -> Result<()> {
+        match &self.fence {
+            Some(fence) => fence.check(),
+            None => Ok(()),
+        }
+    }
+
     /// Marks `key` as being deleted unless a writer claimed it; `false` means keep it.
-    pub fn begin_delete(&self, key: &str) -> bool {
+    pub fn begin_delete(&self, key: &str) -> Result<bool> {
+        self.check_fence()?;
         let mut state = self.shared.state.lock().expect("sweep gate poisoned");
         let claims = state.sweep.as_mut().expect("a sweep is running");
         if claims.claimed.contains(key) {
-            return false;
+            return Ok(false);
         }
         claims.deleting.insert(key.to_string());
-        true
+        Ok(true)
     }
 
     /// The delete of `key` is done (or failed): writers waiting on it go on.
@@ -219,9 +279,9 @@ mod tests {
         assert!(gate.start_sweep().await.is_none(), "one sweep at a time");
 
         let _pass = gate.enter(["claimed".to_string()]).await;
-        assert!(!sweep.begin_delete("claimed"));
+        assert!(!sweep.begin_delete("claimed").unwrap());
 
-        assert!(sweep.begin_delete("doomed"));
+        assert!(sweep.begin_delete("doomed").unwrap());
         let writer = tokio::spawn({
             let gate = gate.clone();
             async move {
@@ -233,7 +293,7 @@ mod tests {
         sweep.end_delete("doomed");
         writer.await.unwrap();
         assert!(sweep.is_claimed("doomed"));
-        assert!(!sweep.begin_delete("doomed"));
+        assert!(!sweep.begin_delete("doomed").unwrap());
     }
 
     #[tokio::test]
@@ -244,6 +304,6 @@ mod tests {
         drop(sweep);
         let sweep = gate.start_sweep().await.unwrap();
         assert!(!sweep.is_claimed("k"));
-        assert!(sweep.begin_delete("k"));
+        assert!(sweep.begin_delete("k").unwrap());
     }
 }

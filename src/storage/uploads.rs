@@ -33,6 +33,7 @@ use super::hasher::{HashStateError, Hasher};
 use super::in_place::{Leftovers, MultipartParts};
 use super::keyed_locks::KeyedGuard;
 use super::layout::Key;
+use super::sweep_marker::Crossed;
 use crate::oci::{Algorithm, Digest, RepositoryName};
 
 /// Bytes buffered per part write; S3 needs at least 5 MiB per multipart part.
@@ -455,28 +456,49 @@ impl Store {
         }
         let blob_key = Key::Blob(digest).path();
         // Claimed before the existence check: content found here is not collected
-        // before the link to it is written.
-        let _pass = self
+        // before the link to it is written (in this process; on another replica sharing
+        // a bucket, the window tells: see `sweep_gate.rs`).
+        let window = self.open_sweep_window().await?;
+        let pass = self
             .sweeps
             .enter([
                 blob_key.to_string(),
                 Key::BlobLink(repo, digest).path().to_string(),
             ])
             .await;
-        if !self.exists(&blob_key).await? {
-            match state.parts.as_slice() {
-                [] => self.put_bytes(&blob_key, Bytes::new()).await?,
-                [only] => {
-                    let part = only.key(&state.id);
-                    self.os_rename(&part, &blob_key)
-                        .await
-                        .map_err(|e| StorageError::backend("commit", &blob_key, e))?;
-                }
-                parts => self.concatenate_parts(state, parts, &blob_key).await?,
-            }
+        let existed = self.exists(&blob_key).await?;
+        if !existed {
+            self.write_parts_to(state, &blob_key).await?;
         }
         self.link_blob(repo, digest, state.size).await?;
+        drop(pass);
+        if existed && self.sweep_crossed(&window).await? {
+            if self.exists(&blob_key).await? {
+                self.count_crossed(Crossed::kept);
+            } else {
+                // Collected while it was being linked: the session's own parts (not
+                // discarded yet) go in its place.
+                self.count_crossed(Crossed::rewritten);
+                tracing::info!(%digest, "a garbage collection deleted the content an upload was committed onto; committing the upload's own bytes");
+                self.write_parts_to(state, &blob_key).await?;
+                self.link_blob(repo, digest, state.size).await?;
+            }
+        }
         Ok(state.size)
+    }
+
+    /// Makes the session's parts the content at `blob_key`.
+    async fn write_parts_to(&self, state: &UploadState, blob_key: &Path) -> Result<()> {
+        match state.parts.as_slice() {
+            [] => self.put_bytes(blob_key, Bytes::new()).await,
+            [only] => {
+                let part = only.key(&state.id);
+                self.os_rename(&part, blob_key)
+                    .await
+                    .map_err(|e| StorageError::backend("commit", blob_key, e))
+            }
+            parts => self.concatenate_parts(state, parts, blob_key).await,
+        }
     }
 
     async fn concatenate_parts(

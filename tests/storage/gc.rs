@@ -18,6 +18,8 @@ use crate::suite::{
 const NOW: GcOptions = GcOptions {
     grace: Duration::ZERO,
     untagged_delay: Duration::ZERO,
+    marker_duration: Duration::from_secs(30),
+    pause_before_content: Duration::ZERO,
 };
 
 /// Pushes an image of one config and the given layers under `tag_name`.
@@ -262,6 +264,7 @@ pub async fn gc_keeps_fresh_uploads_and_untagged_manifests_within_their_delay(st
     let delay_only = GcOptions {
         grace: Duration::from_secs(3600),
         untagged_delay: Duration::ZERO,
+        ..GcOptions::default()
     };
     let report = store.collect_garbage(&delay_only).await.unwrap();
     assert_eq!(report.manifests_deleted, 1);
@@ -296,6 +299,7 @@ pub async fn pushes_that_reuse_deleted_layers_survive_concurrent_gc(store: Store
     let options = GcOptions {
         grace,
         untagged_delay: Duration::ZERO,
+        ..GcOptions::default()
     };
     // Many layers, so the sweep's deletes and the pushes' links interleave.
     const LAYERS: usize = 48;

@@ -19,7 +19,7 @@ const FIRED: &str = "berth_trigger_firings_total{result=\"NoCluster\"}";
 const DELIVERED: &str = "berth_replica_pushes_delivered_total";
 
 /// The value of one series of `/metrics` (0 when absent).
-async fn metric(url: &str, series: &str) -> f64 {
+pub(crate) async fn metric(url: &str, series: &str) -> f64 {
     let text = reqwest::get(format!("{url}/metrics"))
         .await
         .unwrap()
@@ -46,7 +46,7 @@ async fn total(urls: &[String], series: &str) -> f64 {
 }
 
 /// Polls `check` every 50 ms until it holds; fails after `within`.
-async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
+pub(crate) async fn wait_until<F, Fut>(what: &str, within: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -59,7 +59,7 @@ where
 }
 
 /// The index of the one replica among `urls` that says it leads.
-async fn leader_of(urls: &[String]) -> Option<usize> {
+pub(crate) async fn leader_of(urls: &[String]) -> Option<usize> {
     let mut leaders = Vec::new();
     for (i, url) in urls.iter().enumerate() {
         if metric(url, LEADING).await == 1.0 {

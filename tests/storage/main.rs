@@ -24,6 +24,7 @@ mod redirects;
 mod replicas;
 mod sigv4;
 mod suite;
+mod sweep;
 
 macro_rules! storage_suite {
     ($($test:ident),* $(,)?) => {

@@ -21,18 +21,29 @@ fn three_replicas(server: &MinioServer) -> Vec<Berth> {
 
 /// Three replicas sharing `s3://bucket/<fresh prefix>`, each with `extra` arguments.
 pub(crate) fn three_replicas_with(server: &MinioServer, extra: &[&str]) -> Vec<Berth> {
+    replicas_on(server, 3, extra).1
+}
+
+/// `count` replicas sharing `s3://bucket/<fresh prefix>`, each with `extra` arguments;
+/// returns the prefix too.
+pub(crate) fn replicas_on(
+    server: &MinioServer,
+    count: usize,
+    extra: &[&str],
+) -> (String, Vec<Berth>) {
     let prefix = format!("replicas-{}", uuid::Uuid::new_v4().simple());
     let storage = format!("s3://{}/{prefix}", server.bucket);
     let env = server.aws_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    (0..3)
+    let replicas = (0..count)
         .map(|i| {
             let id = format!("replica-{i}");
             let mut args = vec!["--storage", &storage, "--replica-id", &id];
             args.extend_from_slice(extra);
             Berth::start_with(&args, &env)
         })
-        .collect()
+        .collect();
+    (prefix, replicas)
 }
 
 /// Waits until `url` answers `/readyz` with 200 (configuration and users loaded).
@@ -69,7 +80,7 @@ pub(crate) fn private_team_folder(extra: &str) -> tempfile::TempDir {
 }
 
 /// Distinct, incompressible-looking bytes for `seed`.
-fn content(seed: u32, len: usize) -> Vec<u8> {
+pub(crate) fn content(seed: u32, len: usize) -> Vec<u8> {
     (0..len as u32)
         .map(|i| {
             (i.wrapping_add(seed.wrapping_mul(7919))
@@ -79,7 +90,11 @@ fn content(seed: u32, len: usize) -> Vec<u8> {
         .collect()
 }
 
-async fn expect(resp: reqwest::Response, status: StatusCode, what: &str) -> reqwest::Response {
+pub(crate) async fn expect(
+    resp: reqwest::Response,
+    status: StatusCode,
+    what: &str,
+) -> reqwest::Response {
     if resp.status() != status {
         let got = resp.status();
         panic!(
@@ -91,7 +106,12 @@ async fn expect(resp: reqwest::Response, status: StatusCode, what: &str) -> reqw
 }
 
 /// A monolithic blob push (POST with `?digest=`).
-async fn push_blob(http: &reqwest::Client, registry: &str, repo: &str, data: &[u8]) -> String {
+pub(crate) async fn push_blob(
+    http: &reqwest::Client,
+    registry: &str,
+    repo: &str,
+    data: &[u8],
+) -> String {
     let digest = sha256(data);
     let resp = http
         .post(format!(
@@ -107,7 +127,7 @@ async fn push_blob(http: &reqwest::Client, registry: &str, repo: &str, data: &[u
 }
 
 /// Starts a session on one replica; returns its URL path (`/v2/…/blobs/uploads/<id>`).
-async fn start_session(http: &reqwest::Client, registry: &str, repo: &str) -> String {
+pub(crate) async fn start_session(http: &reqwest::Client, registry: &str, repo: &str) -> String {
     let resp = http
         .post(format!("{registry}/v2/{repo}/blobs/uploads/"))
         .send()
@@ -149,7 +169,7 @@ async fn close(
         .unwrap()
 }
 
-fn manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
     let layers: Vec<_> = layers
         .iter()
         .map(|l| serde_json::json!({"mediaType": LAYER_TYPE, "digest": sha256(l), "size": l.len()}))
@@ -163,7 +183,7 @@ fn manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
     .unwrap()
 }
 
-async fn put_manifest(
+pub(crate) async fn put_manifest(
     http: &reqwest::Client,
     registry: &str,
     repo: &str,
@@ -180,7 +200,12 @@ async fn put_manifest(
 
 /// Pulls `repo:tag` from `registry` and checks the manifest and every blob it names
 /// against their digests; returns the manifest's digest.
-async fn pull_verified(http: &reqwest::Client, registry: &str, repo: &str, tag: &str) -> String {
+pub(crate) async fn pull_verified(
+    http: &reqwest::Client,
+    registry: &str,
+    repo: &str,
+    tag: &str,
+) -> String {
     let resp = http
         .get(format!("{registry}/v2/{repo}/manifests/{tag}"))
         .header("accept", MANIFEST_TYPE)

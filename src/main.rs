@@ -99,6 +99,17 @@ struct LoginCommandArgs {
     #[arg(long, default_value = "./berth-data", env = "BERTH_DATA_DIR")]
     data_dir: PathBuf,
 
+    /// Standalone: the storage `berth serve` was given (`--storage`), e.g.
+    /// `s3://bucket/prefix`: on S3 the signing key is the one its replicas share in the
+    /// bucket. Overrides --data-dir.
+    #[arg(long, env = "BERTH_STORAGE", conflicts_with_all = ["storage_config", "cluster"])]
+    storage: Option<String>,
+
+    /// Standalone: the storage configuration file `berth serve` was given
+    /// (`--storage-config`). Overrides --data-dir.
+    #[arg(long, env = "BERTH_STORAGE_CONFIG", conflicts_with = "cluster")]
+    storage_config: Option<PathBuf>,
+
     /// In a cluster: read the user and the signing key from Secrets (KUBECONFIG or in-cluster).
     #[arg(long)]
     cluster: bool,
@@ -853,6 +864,35 @@ async fn operator(args: OperatorArgs) -> anyhow::Result<()> {
     .await
 }
 
+/// The key `berth serve` signs with, found where it keeps it: the key file, the data
+/// directory, or the bucket its replicas share.
+async fn login_signing_key(args: &LoginCommandArgs) -> anyhow::Result<SigningKey> {
+    let location = match (&args.storage, &args.storage_config) {
+        (Some(s), _) => StorageLocation::parse(s)?,
+        (None, Some(file)) => berth::storage::config::load(file)?,
+        (None, None) => StorageLocation::Local(args.data_dir.clone()),
+    };
+    let path = match (&args.signing_key_file, &location) {
+        (Some(path), _) => path.clone(),
+        (None, StorageLocation::Local(dir)) => dir.join("auth/signing-key"),
+        (None, StorageLocation::S3(_)) => {
+            let store =
+                Store::open(&location).with_context(|| format!("opening storage {location}"))?;
+            let bytes = store
+                .shared_signing_key(|| SigningKey::generate().bytes().to_vec())
+                .await
+                .context("reading or creating the signing key in the bucket")?;
+            return SigningKey::from_bytes(bytes.to_vec()).with_context(|| {
+                format!(
+                    "the signing key in the bucket is shorter than {} bytes",
+                    berth::auth::key::KEY_LEN
+                )
+            });
+        }
+    };
+    Ok(SigningKey::load_or_create(&path)?)
+}
+
 async fn login_command(args: LoginCommandArgs) -> anyhow::Result<()> {
     let (user, key) = if args.cluster {
         let client = kube::Client::try_default()
@@ -877,11 +917,7 @@ async fn login_command(args: LoginCommandArgs) -> anyhow::Result<()> {
             .into_iter()
             .find(|u| u.name == args.user)
             .with_context(|| format!("no user {:?} in {}", args.user, dir.display()))?;
-        let path = args
-            .signing_key_file
-            .clone()
-            .unwrap_or_else(|| args.data_dir.join("auth/signing-key"));
-        (user, SigningKey::load_or_create(&path)?)
+        (user, login_signing_key(&args).await?)
     };
     let (credential, until) = berth::auth::login_command::credential(
         &key,

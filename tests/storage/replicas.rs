@@ -501,15 +501,17 @@ async fn a_replica_killed_mid_push_loses_nothing_committed_and_the_others_keep_s
 /// One signing key per bucket: a token issued by replica 0 pulls a private repository
 /// from replica 2, and still does after every replica was killed and started again
 /// (and a garbage collection ran) — the key is an object in the bucket, created by the
-/// first replica, read by the others, and neither served nor collected as content.
+/// first replica, read by the others, and neither served nor collected as content. A
+/// `berth login-command --storage s3://…` credential is signed with the same key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_token_from_one_replica_pulls_a_private_repository_from_another_and_survives_restarts() {
+async fn a_token_from_one_replica_and_a_login_command_credential_pull_from_every_replica_and_survive_restarts()
+ {
     let Some(server) = minio_server::shared() else {
         return;
     };
     let folder = private_team_folder("");
     let folder_arg = folder.path().to_str().unwrap();
-    let mut replicas = three_replicas_with(server, &["--config-dir", folder_arg]);
+    let (prefix, mut replicas) = replicas_on(server, 3, &["--config-dir", folder_arg]);
     for r in &replicas {
         wait_ready(&r.url()).await;
     }
@@ -578,6 +580,47 @@ async fn a_token_from_one_replica_pulls_a_private_repository_from_another_and_su
             pull(r.url(), Some(token.clone())).await,
             StatusCode::OK,
             "replica 0's token on {}",
+            r.url()
+        );
+    }
+
+    // `berth login-command` given the same storage signs with the bucket's key: its
+    // credential is accepted by every replica.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args([
+            "login-command",
+            "--user",
+            "alice",
+            "--config-dir",
+            folder_arg,
+        ])
+        .args(["--storage", &format!("s3://{}/{prefix}", server.bucket)])
+        .envs(server.aws_env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "login-command: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let credential = line
+        .split_whitespace()
+        .nth(5)
+        .expect("docker login -u alice -p CRED");
+    for r in &replicas {
+        let status = http
+            .get(format!("{}/v2/{repo}/manifests/v1", r.url()))
+            .header("accept", MANIFEST_TYPE)
+            .basic_auth("alice", Some(credential))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "login-command credential on {}",
             r.url()
         );
     }

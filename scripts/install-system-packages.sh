@@ -37,6 +37,8 @@ PACKAGES=(
   # loopback, as the current user; ssh-keygen makes its keys). Its service is not
   # started (policy-rc.d below; no systemd in a container).
   openssh-server openssh-client
+  # berth's allocator: tikv-jemalloc-sys builds jemalloc from source with make and cc
+  make gcc
 )
 
 SUDO=()

@@ -33,7 +33,7 @@ async fn push_image(store: &Store, repo: &RepositoryName, id: u64, tag: Option<&
         let digest = Digest::of(Algorithm::Sha256, &data);
         let size = data.len();
         store
-            .put_blob(repo, &digest, body(data))
+            .put_blob(repo, &digest, body(data), None)
             .await
             .expect("push blob");
         descriptors.push(serde_json::json!({

@@ -7,6 +7,7 @@
 pub mod aging;
 pub mod api;
 pub mod auth;
+pub mod byte_size;
 pub mod config;
 pub mod controller;
 pub mod gc;

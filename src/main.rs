@@ -130,25 +130,6 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     std::time::Duration::try_from(parsed).map_err(|_| format!("{text:?} must be positive"))
 }
 
-/// A byte count such as `536870912`, `512MiB` or `2GiB`.
-fn parse_bytes(text: &str) -> Result<usize, String> {
-    let (digits, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((text, ""), |at| text.split_at(at));
-    let scale: usize = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        other => return Err(format!("unit {other:?} is not one of B, KiB, MiB, GiB")),
-    };
-    digits
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-        .ok_or_else(|| format!("{text:?} is not a byte count like 512MiB"))
-}
-
 #[derive(clap::Args)]
 struct RegistryArgs {
     /// Address and port to listen on.
@@ -192,7 +173,7 @@ struct RegistryArgs {
     /// Memory that upload bodies in flight may hold, all uploads together: bytes, or
     /// with a KiB, MiB or GiB suffix. Each part write reserves its buffers before it
     /// starts (2 MiB on a directory, 26 MiB on S3); past the cap, uploads wait their turn.
-    #[arg(long, default_value = "512MiB", value_parser = parse_bytes, env = "BERTH_MAX_UPLOAD_BUFFER")]
+    #[arg(long, default_value = "512MiB", value_parser = berth::byte_size::parse_bytes, env = "BERTH_MAX_UPLOAD_BUFFER")]
     max_upload_buffer: usize,
 
     /// A host name (`host[:port]`) under which workloads name this registry in their images,
@@ -240,6 +221,12 @@ struct RegistryArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration, env = "BERTH_GC_SWEEP_MARKER_DURATION")]
     gc_sweep_marker_duration: std::time::Duration,
 
+    /// For tests only: the sizes of S3 multipart parts (`FIRST,DOUBLING_EVERY,LARGEST,
+    /// IN_MEMORY`), so that a test upload of some MiB crosses what a real one crosses
+    /// at hundreds of GiB.
+    #[arg(long, hide = true)]
+    s3_part_schedule: Option<berth::storage::PartSchedule>,
+
     /// For tests only: pause each collection this long between sweeping the repositories
     /// and sweeping content, so that writes land while it runs.
     #[arg(long, default_value = "0s", value_parser = parse_duration, hide = true)]
@@ -277,7 +264,7 @@ struct RegistryArgs {
     /// a KiB, MiB or GiB suffix) with `307 Temporary Redirect` to a presigned S3 URL, so
     /// the bytes go from S3 to the client and not through berth. Access is checked first;
     /// ranged GETs and HEAD are still answered by berth. Default: off.
-    #[arg(long, value_parser = parse_bytes, env = "BERTH_BLOB_REDIRECT_MIN_SIZE")]
+    #[arg(long, value_parser = berth::byte_size::parse_bytes, env = "BERTH_BLOB_REDIRECT_MIN_SIZE")]
     blob_redirect_min_size: Option<usize>,
 
     /// How long a redirect's presigned URL stays valid (at most 7 days).
@@ -513,6 +500,10 @@ fn open_store(args: &RegistryArgs) -> anyhow::Result<Storage> {
         .with_upload_buffer(args.max_upload_buffer)
         .context("--max-upload-buffer")?
         .with_blob_reads(args.blob_reads);
+    let store = match args.s3_part_schedule {
+        Some(schedule) => store.with_part_schedule(schedule),
+        None => store,
+    };
     let replica = args
         .replica_id
         .clone()
@@ -977,21 +968,5 @@ async fn main() -> anyhow::Result<()> {
         Command::Crds(args) => crds(args),
         Command::LoginCommand(args) => login_command(args).await,
         Command::HashPassword => hash_password(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_bytes;
-
-    #[test]
-    fn byte_counts_take_binary_units_and_refuse_overflow() {
-        assert_eq!(parse_bytes("1024"), Ok(1024));
-        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
-        assert!(parse_bytes("12MB").is_err());
-        assert!(parse_bytes("-1").is_err());
-        assert!(parse_bytes("99999999999999999999GiB").is_err());
-        assert!(parse_bytes("18446744073709551615GiB").is_err());
     }
 }

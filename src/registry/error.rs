@@ -162,7 +162,9 @@ impl From<StorageError> for RegistryError {
             }
             StorageError::UploadOutOfOrder { .. } => ErrorCode::BlobUploadInvalid,
             StorageError::DigestMismatch { .. } => ErrorCode::DigestInvalid,
-            StorageError::BodyRead(_) => ErrorCode::BlobUploadInvalid,
+            StorageError::BodyRead(_) | StorageError::UploadTooLarge => {
+                ErrorCode::BlobUploadInvalid
+            }
             StorageError::ManifestUnknown(_) => ErrorCode::ManifestUnknown,
             StorageError::ManifestBlobUnknown(_) => ErrorCode::ManifestBlobUnknown,
             StorageError::NameUnknown(_) => ErrorCode::NameUnknown,
@@ -171,6 +173,9 @@ impl From<StorageError> for RegistryError {
         let mut err = RegistryError::new(code, e.to_string());
         if matches!(e, StorageError::UploadOutOfOrder { .. }) {
             err = err.with_status(StatusCode::RANGE_NOT_SATISFIABLE);
+        }
+        if matches!(e, StorageError::UploadTooLarge) {
+            err = err.with_status(StatusCode::PAYLOAD_TOO_LARGE);
         }
         err
     }

@@ -49,6 +49,12 @@ fn digest_param(req: &Request) -> Result<Option<Digest>> {
 }
 
 /// The request body as a stream of chunks, counted in the metrics.
+/// The body's length, when the request told it (`Content-Length`, which hyper holds
+/// the body to): it lets storage stream parts larger than it would hold in memory.
+fn body_length(body: &axum::body::Body) -> Option<u64> {
+    axum::body::HttpBody::size_hint(body).exact()
+}
+
 fn body_stream(
     state: &RegistryState,
     body: axum::body::Body,
@@ -104,11 +110,12 @@ pub async fn start(
         }
         // Nothing to mount: fall back to a regular upload session, as the spec asks.
     } else if let Some(digest) = digest_param(req)? {
+        let length = body_length(&body);
         let started = Instant::now();
         let duration = state.metrics.http.upload_duration.clone();
         state
             .store
-            .put_blob(name, &digest, body_stream(state, body))
+            .put_blob(name, &digest, body_stream(state, body), length)
             .await?;
         duration.observe(started.elapsed().as_secs_f64());
         return Ok(created(name, &digest));
@@ -134,11 +141,12 @@ pub async fn patch(
     body: axum::body::Body,
 ) -> Result<Response> {
     let start = chunk_start(req)?;
+    let length = body_length(&body);
     let started = Instant::now();
     let duration = state.metrics.http.upload_duration.clone();
     let upload = state
         .store
-        .append_upload(name, id, start, body_stream(state, body))
+        .append_upload(name, id, start, body_stream(state, body), length)
         .await?;
     duration.observe(started.elapsed().as_secs_f64());
     Ok(in_progress(StatusCode::ACCEPTED, name, &upload))
@@ -158,11 +166,12 @@ pub async fn finish(
         )
     })?;
     let start = chunk_start(req)?;
+    let length = body_length(&body);
     let started = Instant::now();
     let duration = state.metrics.http.upload_duration.clone();
     state
         .store
-        .finish_upload(name, id, &digest, start, body_stream(state, body))
+        .finish_upload(name, id, &digest, start, body_stream(state, body), length)
         .await?;
     duration.observe(started.elapsed().as_secs_f64());
     Ok(created(name, &digest))

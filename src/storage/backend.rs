@@ -9,6 +9,10 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{MultipartId, ObjectStore, PutPayload};
+use tokio::task::JoinHandle;
+
+use super::part_schedule::PartSchedule;
+use super::s3_parts::{PartFeed, PartStreamer};
 
 /// Where registry content lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,8 +144,24 @@ impl StorageLocation {
                 location: self.to_string(),
                 source,
             })?;
+        let signer = settings
+            .builder()
+            .build()
+            .map_err(|source| BackendError::Open {
+                location: self.to_string(),
+                source,
+            })?;
+        let streamer = PartStreamer::new(signer).map_err(|e| BackendError::Open {
+            location: self.to_string(),
+            source: object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            },
+        })?;
         let prefix = (!settings.prefix.is_empty()).then(|| Path::from(settings.prefix.as_str()));
-        Ok(Some(Multipart::new(Arc::new(s3), prefix)))
+        Ok(Some(
+            Multipart::new(Arc::new(s3), prefix).with_streamer(Arc::new(streamer)),
+        ))
     }
 
     pub fn open(&self) -> Result<Arc<dyn ObjectStore>, BackendError> {
@@ -171,11 +191,34 @@ impl StorageLocation {
 pub struct Multipart {
     inner: Arc<dyn MultipartStore>,
     prefix: Option<Path>,
+    /// Sends parts as their bytes arrive; without it (a store in memory, in unit tests)
+    /// a streamed part is gathered and sent whole.
+    streamer: Option<Arc<PartStreamer>>,
+    schedule: PartSchedule,
 }
 
 impl Multipart {
     pub fn new(inner: Arc<dyn MultipartStore>, prefix: Option<Path>) -> Self {
-        Multipart { inner, prefix }
+        Multipart {
+            inner,
+            prefix,
+            streamer: None,
+            schedule: PartSchedule::default(),
+        }
+    }
+
+    fn with_streamer(mut self, streamer: Arc<PartStreamer>) -> Self {
+        self.streamer = Some(streamer);
+        self
+    }
+
+    pub fn with_schedule(mut self, schedule: PartSchedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    pub fn schedule(&self) -> &PartSchedule {
+        &self.schedule
     }
 
     fn full(&self, key: &Path) -> Path {
@@ -197,6 +240,33 @@ impl Multipart {
         data: PutPayload,
     ) -> object_store::Result<PartId> {
         self.inner.put_part(&self.full(key), id, index, data).await
+    }
+
+    /// Starts part `index` of `len` bytes, sent as they are fed.
+    pub fn put_part_streamed(
+        &self,
+        key: &Path,
+        id: &MultipartId,
+        index: usize,
+        len: u64,
+    ) -> (PartFeed, JoinHandle<object_store::Result<PartId>>) {
+        if let Some(streamer) = &self.streamer {
+            return streamer.start(self.full(key), id.clone(), index, len);
+        }
+        let (feed, mut rx) = PartFeed::gathered();
+        let (multipart, key, id) = (self.clone(), key.clone(), id.clone());
+        let task = tokio::spawn(async move {
+            let mut chunks = Vec::new();
+            while let Some(chunk) = rx.recv().await {
+                chunks.push(chunk.map_err(|e| object_store::Error::Generic {
+                    store: "memory",
+                    source: Box::new(e),
+                })?);
+            }
+            let payload: PutPayload = chunks.into_iter().collect();
+            multipart.put_part(&key, &id, index, payload).await
+        });
+        (feed, task)
     }
 
     pub async fn complete(

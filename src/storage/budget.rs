@@ -14,12 +14,12 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::in_place::MIN_PART;
 use super::local_write;
+use super::part_schedule::{IN_MEMORY_PART, MIN_PART};
 use super::pipeline;
-use super::uploads::{PART_CHUNK, PARTS_IN_FLIGHT};
+use super::uploads::PARTS_IN_FLIGHT;
 
-/// The default cap: 256 concurrent part writes to a local disk, or about 16 to S3.
+/// The default cap: 256 concurrent part writes to a local disk, or 9 to S3.
 pub const DEFAULT_UPLOAD_BUFFER: usize = 512 << 20;
 
 /// Bytes one part write holds at most on a local directory.
@@ -27,7 +27,7 @@ pub(super) const LOCAL_WORKING_SET: usize = local_write::WORKING_SET;
 /// Bytes one part write holds at most on an object store: the parts in flight, the
 /// bytes held back until they make a part (see `in_place.rs`), and the hashing batches.
 pub(super) const REMOTE_WORKING_SET: usize =
-    PART_CHUNK * PARTS_IN_FLIGHT + PART_CHUNK + MIN_PART + pipeline::WORKING_SET;
+    IN_MEMORY_PART * PARTS_IN_FLIGHT + IN_MEMORY_PART + MIN_PART + pipeline::WORKING_SET;
 
 #[derive(Debug, thiserror::Error)]
 #[error(

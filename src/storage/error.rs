@@ -45,6 +45,11 @@ pub enum StorageError {
     /// took it over): it stopped deleting before other replicas could think it dead.
     #[error("garbage collection stopped: its sweep marker could not be renewed")]
     SweepMarkerLost,
+    /// The upload has used every part one S3 multipart upload may have.
+    #[error(
+        "the upload has filled the 10,000 parts of one S3 upload; send large blobs in requests with a Content-Length, whose parts grow up to 4 GiB"
+    )]
+    UploadTooLarge,
     /// A tag written create-only (an immutable tag) already points elsewhere.
     #[error("tag {tag} already points to {existing}")]
     TagTaken { tag: Tag, existing: Digest },

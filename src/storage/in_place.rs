@@ -3,13 +3,16 @@
 //! writes the blob's index record (`blob_index.rs`). No byte is copied or read back,
 //! whatever the blob's size.
 //!
-//! Each request turns its body into parts as it streams: S3 takes parts of at least
-//! 5 MiB (but the last), so a request holds back up to [`PART_CHUNK`] + [`MIN_PART`]
-//! bytes and sends [`PART_CHUNK`] whenever more arrived, and its last bytes go out as a
-//! part when they are 5 MiB or more. A shorter end of a chunk is staged as an object of
-//! its own (`blob-data/<session>/<offset>-<write>`) and read back by the next request
-//! of the session, to go out in front of its bytes; a session whose bytes all fit in
-//! such a staged object commits that object itself.
+//! Each request turns its body into parts as it streams, sized by the session's part
+//! schedule (`part_schedule.rs`: 8 MiB parts growing to 4 GiB, so 10,000 parts hold
+//! more than S3's largest object). S3 takes parts of at least 5 MiB (but the last). A
+//! part up to 16 MiB is gathered in memory: the request holds back up to its size +
+//! [`MIN_PART`] and sends it whenever more arrived. A larger part is streamed from the
+//! body as it arrives (`s3_parts.rs`) when the body's length covers it. The last bytes
+//! of a request go out as a part when they are 5 MiB or more; a shorter end is staged
+//! as an object of its own (`blob-data/<session>/<offset>-<write>`) and read back by
+//! the next request of the session, to go out in front of its bytes; a session whose
+//! bytes all fit in such a staged object commits that object itself.
 //!
 //! The session record names the multipart upload, its parts' ETags and the staged
 //! object beside the hash state, and is replaced conditionally (`uploads.rs`), so the
@@ -35,13 +38,13 @@ use super::blob_index::Indexed;
 use super::error::{Result, StorageError};
 use super::hasher::Hasher;
 use super::layout::Key;
+use super::part_schedule::MAX_PARTS;
+pub(super) use super::part_schedule::MIN_PART;
 use super::pipeline::HashPipeline;
+use super::s3_parts::PartFeed;
 use super::sweep_marker::Crossed;
-use super::uploads::{PART_CHUNK, PARTS_IN_FLIGHT, Part, UploadState};
+use super::uploads::{PARTS_IN_FLIGHT, Part, UploadState};
 use crate::oci::{Algorithm, Digest, RepositoryName};
-
-/// The smallest part S3 accepts but for the last one.
-pub(super) const MIN_PART: usize = 5 << 20;
 
 /// A session's multipart upload and the ETags of its parts, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,7 +135,18 @@ impl PartSender {
         self.upload.is_some()
     }
 
-    async fn send(&mut self, bytes: Vec<Bytes>) -> Result<()> {
+    /// The index of the next part this request sends.
+    fn next_index(&self) -> usize {
+        self.upload.as_ref().map_or(0, |u| u.etags.len()) + self.sent.len() + self.in_flight.len()
+    }
+
+    /// The session's multipart upload (started on the first part), and the next part's
+    /// index, refused past S3's last part.
+    async fn next_part(&mut self) -> Result<(String, usize)> {
+        let index = self.next_index();
+        if index >= MAX_PARTS {
+            return Err(StorageError::UploadTooLarge);
+        }
         let upload = match &mut self.upload {
             Some(upload) => upload,
             None => {
@@ -148,16 +162,52 @@ impl PartSender {
                 })
             }
         };
-        let index = upload.etags.len() + self.sent.len() + self.in_flight.len();
-        let (multipart, key, id) = (self.multipart.clone(), self.key.clone(), upload.id.clone());
+        Ok((upload.id.clone(), index))
+    }
+
+    /// Sends a part gathered in memory.
+    async fn send(&mut self, bytes: Vec<Bytes>) -> Result<()> {
+        let (id, index) = self.next_part().await?;
+        let (multipart, key) = (self.multipart.clone(), self.key.clone());
         let payload: PutPayload = bytes.into_iter().collect();
         self.in_flight.push_back(tokio::spawn(async move {
             multipart.put_part(&key, &id, index, payload).await
         }));
+        self.bound_in_flight().await
+    }
+
+    /// Starts a part of `len` bytes sent as they are fed.
+    async fn stream(&mut self, len: u64) -> Result<PartFeed> {
+        let (id, index) = self.next_part().await?;
+        let (feed, task) = self.multipart.put_part_streamed(&self.key, &id, index, len);
+        self.in_flight.push_back(task);
+        // Settles older parts only: the one just started waits for its bytes.
+        self.bound_in_flight().await?;
+        Ok(feed)
+    }
+
+    async fn bound_in_flight(&mut self) -> Result<()> {
         while self.in_flight.len() > PARTS_IN_FLIGHT {
             self.settle_one().await?;
         }
         Ok(())
+    }
+
+    /// Why a part's upload ended early (its feed refused bytes).
+    async fn failure(&mut self) -> StorageError {
+        while !self.in_flight.is_empty() {
+            if let Err(e) = self.settle_one().await {
+                return e;
+            }
+        }
+        StorageError::backend(
+            "write",
+            &self.key,
+            object_store::Error::Generic {
+                store: "S3",
+                source: "a part's upload ended before its bytes were sent".into(),
+            },
+        )
     }
 
     async fn settle_one(&mut self) -> Result<()> {
@@ -185,15 +235,94 @@ impl PartSender {
     }
 }
 
+/// The request body, hashed and counted as it is read.
+struct BodyReader<S> {
+    body: S,
+    /// The first chunk, read before anything was set up.
+    first: Option<Bytes>,
+    hashing: HashPipeline,
+    bytes: u64,
+    key: Path,
+}
+
+impl<S, E> BodyReader<S>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: Display,
+{
+    async fn pull(&mut self) -> Result<Option<Bytes>> {
+        let chunk = match self.first.take() {
+            Some(chunk) => chunk,
+            None => match self.body.next().await {
+                None => return Ok(None),
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => return Err(StorageError::BodyRead(e.to_string())),
+            },
+        };
+        self.bytes += chunk.len() as u64;
+        self.hashing
+            .update(chunk.clone())
+            .await
+            .map_err(|e| super::parts::task_failed("hash", &self.key, e))?;
+        Ok(Some(chunk))
+    }
+
+    async fn read_to_end(&mut self, held: &mut Held) -> Result<()> {
+        while let Some(chunk) = self.pull().await? {
+            held.push(chunk);
+        }
+        Ok(())
+    }
+
+    /// Sends `len` bytes into `feed`: the held ones first, then the body's; bytes past
+    /// `len` are held. False when the part's upload stopped taking bytes.
+    async fn feed(&mut self, feed: &PartFeed, held: &mut Held, len: u64) -> Result<bool> {
+        let mut need = len;
+        for chunk in held.take(usize::try_from(len).unwrap_or(usize::MAX)) {
+            need -= chunk.len() as u64;
+            if !feed.send(chunk).await {
+                return Ok(false);
+            }
+        }
+        while need > 0 {
+            let mut chunk = match self.pull().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => {
+                    let e = StorageError::BodyRead(format!(
+                        "the body ended {need} bytes before its Content-Length"
+                    ));
+                    feed.fail(e.to_string()).await;
+                    return Err(e);
+                }
+                Err(e) => {
+                    feed.fail(e.to_string()).await;
+                    return Err(e);
+                }
+            };
+            if chunk.len() as u64 > need {
+                held.push(chunk.split_off(need as usize));
+            }
+            need -= chunk.len() as u64;
+            if !feed.send(chunk).await {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
 impl Store {
     /// Streams `body` into session `state`'s multipart upload (see the module comment),
-    /// hashing on the way. `closing`: no bytes follow, so the last part may be short.
+    /// hashing on the way. `length`: the body's length, when known (`Content-Length`),
+    /// which lets parts larger than memory stream. `closing`: no bytes follow, so the
+    /// last part may be short.
     pub(super) async fn write_in_place<S, E>(
         &self,
         multipart: &Multipart,
         state: &UploadState,
         hasher: Hasher,
         mut body: S,
+        length: Option<u64>,
         closing: bool,
     ) -> Result<Written>
     where
@@ -245,23 +374,54 @@ impl Store {
             in_flight: VecDeque::new(),
             sent: Vec::new(),
         };
-        let mut hashing = HashPipeline::new(hasher);
+        let schedule = *multipart.schedule();
+        let mut reader = BodyReader {
+            body,
+            first,
+            hashing: HashPipeline::new(hasher),
+            bytes: 0,
+            key: sender.key.clone(),
+        };
         let mut staged = None;
-        let mut bytes = 0u64;
         let streamed: Result<()> = async {
-            let mut next = first.map(Ok::<_, E>);
-            while let Some(item) = next {
-                let chunk = item.map_err(|e| StorageError::BodyRead(e.to_string()))?;
-                bytes += chunk.len() as u64;
-                hashing
-                    .update(chunk.clone())
-                    .await
-                    .map_err(|e| super::parts::task_failed("hash", &sender.key, e))?;
-                held.push(chunk);
-                while held.len >= PART_CHUNK + MIN_PART {
-                    sender.send(held.take(PART_CHUNK)).await?;
+            loop {
+                let index = sender.next_index();
+                // The bytes left to place, when the body's length tells.
+                let left = length.map(|l| l.saturating_sub(reader.bytes) + held.len as u64);
+                let target = schedule.size(index);
+                if let Some(left) = left.filter(|_| target > schedule.in_memory) {
+                    let last = left < (target + MIN_PART) as u64;
+                    let len = if last { left } else { target as u64 };
+                    if len == 0
+                        || (last && left < MIN_PART as u64 && !(closing && sender.started()))
+                    {
+                        // Too short for a part of its own: gathered below and staged.
+                        reader.read_to_end(&mut held).await?;
+                        break;
+                    }
+                    let feed = sender.stream(len).await?;
+                    if !reader.feed(&feed, &mut held, len).await? {
+                        return Err(sender.failure().await);
+                    }
+                    if last {
+                        if reader.pull().await?.is_some_and(|c| !c.is_empty()) {
+                            return Err(StorageError::BodyRead(
+                                "the body is longer than its Content-Length".into(),
+                            ));
+                        }
+                        return Ok(());
+                    }
+                    continue;
                 }
-                next = body.next().await;
+                let target = schedule.size_in_memory(index);
+                if held.len >= target + MIN_PART {
+                    sender.send(held.take(target)).await?;
+                    continue;
+                }
+                match reader.pull().await? {
+                    Some(chunk) => held.push(chunk),
+                    None => break,
+                }
             }
             let rest = held.len;
             if rest == 0 {
@@ -271,7 +431,7 @@ impl Store {
                 return sender.send(held.take(rest)).await;
             }
             let part = Part {
-                offset: state.size + bytes - rest as u64,
+                offset: state.size + reader.bytes - rest as u64,
                 size: rest as u64,
                 write: uuid::Uuid::new_v4().simple().to_string(),
             };
@@ -285,6 +445,8 @@ impl Store {
             Ok(())
         }
         .await;
+        let bytes = reader.bytes;
+        let hashing = reader.hashing;
         let created = sender.created.clone();
         let finished = match streamed {
             Ok(()) => sender.finish().await,
@@ -583,7 +745,13 @@ mod tests {
         for (n, piece) in pieces.iter().enumerate() {
             let via = if n % 2 == 0 { &a } else { &b };
             let state = via
-                .append_upload(&repo(), &upload.id, Some(offset), chunk(piece.clone()))
+                .append_upload(
+                    &repo(),
+                    &upload.id,
+                    Some(offset),
+                    chunk(piece.clone()),
+                    None,
+                )
                 .await
                 .unwrap();
             offset += piece.len() as u64;
@@ -596,7 +764,14 @@ mod tests {
         let whole: Vec<u8> = pieces.iter().flatten().chain(&last).copied().collect();
         let digest = Digest::of(Algorithm::Sha256, &whole);
         let size = b
-            .finish_upload(&repo(), &upload.id, &digest, Some(offset), chunk(last))
+            .finish_upload(
+                &repo(),
+                &upload.id,
+                &digest,
+                Some(offset),
+                chunk(last),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(size, whole.len() as u64);
@@ -624,16 +799,16 @@ mod tests {
         let bytes = content(4096, 9);
         let digest = Digest::of(Algorithm::Sha256, &bytes);
         let first = a.start_upload(&repo(), Algorithm::Sha256).await.unwrap();
-        a.append_upload(&repo(), &first.id, Some(0), chunk(bytes.clone()))
+        a.append_upload(&repo(), &first.id, Some(0), chunk(bytes.clone()), None)
             .await
             .unwrap();
-        a.finish_upload(&repo(), &first.id, &digest, None, chunk(Vec::new()))
+        a.finish_upload(&repo(), &first.id, &digest, None, chunk(Vec::new()), None)
             .await
             .unwrap();
         let index = a.blob_index(&digest).await.unwrap().unwrap();
         assert!(index.data.starts_with(&format!("blob-data/{}/", first.id)));
         // The same bytes pushed monolithically through the other replica.
-        b.put_blob(&repo(), &digest, chunk(bytes.clone()))
+        b.put_blob(&repo(), &digest, chunk(bytes.clone()), None)
             .await
             .unwrap();
         assert_eq!(b.blob_index(&digest).await.unwrap().unwrap(), index);
@@ -641,7 +816,7 @@ mod tests {
         // A wrong digest stores nothing and leaves nothing.
         let wrong = Digest::of(Algorithm::Sha256, b"other");
         let refused = b
-            .put_blob(&repo(), &wrong, chunk(content(10 << 20, 1)))
+            .put_blob(&repo(), &wrong, chunk(content(10 << 20, 1)), None)
             .await;
         assert!(
             matches!(refused, Err(StorageError::DigestMismatch { .. })),

@@ -25,6 +25,7 @@ mod local;
 mod local_write;
 mod manifests;
 mod mapped;
+mod part_schedule;
 mod parts;
 mod pipeline;
 mod probe;
@@ -33,6 +34,7 @@ mod push_log;
 mod read;
 mod redirect;
 mod repositories;
+mod s3_parts;
 mod shared_secret;
 pub mod summaries;
 mod sweep_gate;
@@ -66,6 +68,7 @@ pub use keyed_locks::KeyedGuard;
 pub use lease::{BucketLease, LeaseVersion};
 pub use local::BlobReads;
 pub use manifests::{ManifestLink, StoredManifest, TagLink};
+pub use part_schedule::{PartSchedule, PartScheduleError};
 pub use push_log::{ListedRecord, PushRecord};
 pub use read::{BlobBody, ByteRange, RangeError};
 pub use redirect::{BlobRedirect, RedirectError, RedirectSettings};
@@ -187,6 +190,12 @@ impl Store {
                 })
             }
         }
+    }
+
+    /// S3 multipart parts sized by `schedule` instead of the default one.
+    pub fn with_part_schedule(mut self, schedule: PartSchedule) -> Self {
+        self.multipart = self.multipart.map(|m| m.with_schedule(schedule));
+        self
     }
 
     /// Upload sessions on this store write one multipart upload each and commit it in

@@ -187,6 +187,7 @@ impl Store {
         id: &str,
         start: Option<u64>,
         body: S,
+        length: Option<u64>,
     ) -> Result<UploadState>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -194,7 +195,7 @@ impl Store {
     {
         let _guard = self.lock_existing(repo, id).await?;
         let (mut state, version) = self.session(repo, id).await?;
-        self.append_locked(&mut state, version, start, body, false)
+        self.append_locked(&mut state, version, start, body, length, false)
             .await?;
         Ok(state)
     }
@@ -208,6 +209,7 @@ impl Store {
         version: Option<UpdateVersion>,
         start: Option<u64>,
         body: S,
+        length: Option<u64>,
         closing: bool,
     ) -> Result<()>
     where
@@ -241,7 +243,7 @@ impl Store {
         };
         if let Some(multipart) = self.in_place(state) {
             let written = self
-                .write_in_place(&multipart, state, hasher, body, closing)
+                .write_in_place(&multipart, state, hasher, body, length, closing)
                 .await?;
             let mut next = state.clone();
             next.size += written.bytes;
@@ -349,6 +351,7 @@ impl Store {
         digest: &Digest,
         start: Option<u64>,
         body: S,
+        length: Option<u64>,
     ) -> Result<u64>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -356,7 +359,7 @@ impl Store {
     {
         let _guard = self.lock_existing(repo, id).await?;
         let (mut state, version) = self.session(repo, id).await?;
-        self.append_locked(&mut state, version, start, body, true)
+        self.append_locked(&mut state, version, start, body, length, true)
             .await?;
         let result = match self.in_place(&state) {
             Some(multipart) => self.commit_in_place(&multipart, repo, &state, digest).await,
@@ -384,6 +387,7 @@ impl Store {
         repo: &RepositoryName,
         digest: &Digest,
         body: S,
+        length: Option<u64>,
     ) -> Result<u64>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -404,7 +408,7 @@ impl Store {
         let mut hasher = Hasher::new(digest.algorithm());
         if let Some(multipart) = self.in_place(&state) {
             let written = self
-                .write_in_place(&multipart, &state, hasher, body, true)
+                .write_in_place(&multipart, &state, hasher, body, length, true)
                 .await?;
             state.size = written.bytes;
             state.hash_state = written.hasher.save();
@@ -633,7 +637,7 @@ mod tests {
         for _ in 0..500 {
             let id = uuid::Uuid::new_v4().to_string();
             let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from("x"))]);
-            let result = store.append_upload(&repo(), &id, None, body).await;
+            let result = store.append_upload(&repo(), &id, None, body, None).await;
             assert!(matches!(result, Err(StorageError::UploadUnknown(_))));
         }
         assert_eq!(store.uploads_in_use(), 0);
@@ -680,7 +684,7 @@ mod tests {
             .unwrap();
         let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from("abc"))]);
         let state = store
-            .append_upload(&repo(), &upload.id, Some(0), body)
+            .append_upload(&repo(), &upload.id, Some(0), body, None)
             .await
             .unwrap();
         assert_eq!(state.size, 3);
@@ -724,12 +728,12 @@ mod tests {
         let first = tokio::spawn({
             let a = a.clone();
             let id = upload.id.clone();
-            async move { a.append_upload(&repo(), &id, Some(0), slow).await }
+            async move { a.append_upload(&repo(), &id, Some(0), slow, None).await }
         });
         tokio::task::yield_now().await;
         // ...while replica B writes another chunk at offset 0 and wins.
         let won = b
-            .append_upload(&repo(), &upload.id, Some(0), chunk(b"BB"))
+            .append_upload(&repo(), &upload.id, Some(0), chunk(b"BB"), None)
             .await
             .unwrap();
         assert_eq!(won.size, 2);
@@ -754,7 +758,7 @@ mod tests {
         assert_eq!(status.size, 2);
         let forged = Digest::of(Algorithm::Sha256, b"AAAAAAAA");
         let refused = a
-            .finish_upload(&repo(), &upload.id, &forged, None, chunk(b""))
+            .finish_upload(&repo(), &upload.id, &forged, None, chunk(b""), None)
             .await;
         assert!(
             matches!(refused, Err(StorageError::DigestMismatch { .. })),
@@ -767,15 +771,15 @@ mod tests {
     async fn a_session_hops_between_replicas_and_commits_verified_bytes() {
         let (a, b) = two_replicas();
         let upload = a.start_upload(&repo(), Algorithm::Sha256).await.unwrap();
-        a.append_upload(&repo(), &upload.id, Some(0), chunk(b"hello "))
+        a.append_upload(&repo(), &upload.id, Some(0), chunk(b"hello "), None)
             .await
             .unwrap();
-        b.append_upload(&repo(), &upload.id, Some(6), chunk(b"scale "))
+        b.append_upload(&repo(), &upload.id, Some(6), chunk(b"scale "), None)
             .await
             .unwrap();
         // A chunk at a stale offset on the first replica is refused with the real one.
         let stale = a
-            .append_upload(&repo(), &upload.id, Some(6), chunk(b"again"))
+            .append_upload(&repo(), &upload.id, Some(6), chunk(b"again"), None)
             .await;
         assert!(
             matches!(
@@ -789,7 +793,7 @@ mod tests {
         );
         let digest = Digest::of(Algorithm::Sha256, b"hello scale out");
         let size = a
-            .finish_upload(&repo(), &upload.id, &digest, Some(12), chunk(b"out"))
+            .finish_upload(&repo(), &upload.id, &digest, Some(12), chunk(b"out"), None)
             .await
             .unwrap();
         assert_eq!(size, 15);
@@ -805,7 +809,7 @@ mod tests {
     async fn a_session_being_committed_takes_no_chunk_and_no_second_commit() {
         let (a, b) = two_replicas();
         let upload = a.start_upload(&repo(), Algorithm::Sha256).await.unwrap();
-        a.append_upload(&repo(), &upload.id, Some(0), chunk(b"abc"))
+        a.append_upload(&repo(), &upload.id, Some(0), chunk(b"abc"), None)
             .await
             .unwrap();
         // Claimed as a committing replica claims it (and then, say, is killed).
@@ -814,7 +818,7 @@ mod tests {
         claimed.committing = true;
         a.put_json(&key, &claimed).await.unwrap();
         let late = b
-            .append_upload(&repo(), &upload.id, Some(3), chunk(b"d"))
+            .append_upload(&repo(), &upload.id, Some(3), chunk(b"d"), None)
             .await;
         assert!(
             matches!(late, Err(StorageError::UploadUnknown(_))),
@@ -822,7 +826,7 @@ mod tests {
         );
         let digest = Digest::of(Algorithm::Sha256, b"abc");
         let second = b
-            .finish_upload(&repo(), &upload.id, &digest, None, chunk(b""))
+            .finish_upload(&repo(), &upload.id, &digest, None, chunk(b""), None)
             .await;
         assert!(
             matches!(second, Err(StorageError::UploadUnknown(_))),
@@ -847,7 +851,7 @@ mod tests {
             .unwrap();
         let body = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from("abc"))]);
         let result = store
-            .append_upload(&repo(), &upload.id, Some(0), body)
+            .append_upload(&repo(), &upload.id, Some(0), body, None)
             .await;
         assert!(
             matches!(result, Err(StorageError::UploadRestart { .. })),

@@ -339,7 +339,7 @@ pub async fn pushes_that_reuse_deleted_layers_survive_concurrent_gc(store: Store
                         .is_none()
                     {
                         store
-                            .put_blob(&other, &digest, crate::suite::body(&layers[from]))
+                            .put_blob(&other, &digest, crate::suite::body(&layers[from]), None)
                             .await
                             .unwrap();
                     }

@@ -17,6 +17,7 @@ struct Seen {
     method: String,
     target: String,
     copy_source: bool,
+    content_length: u64,
 }
 
 /// A TCP proxy in front of MinIO that parses each HTTP/1.1 request head on its way
@@ -89,18 +90,72 @@ async fn relay(
             header("transfer-encoding").is_none(),
             "the proxy frames bodies by Content-Length only: {head:?}"
         );
+        let length: u64 = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         log.lock().unwrap().push(Seen {
             method: method.to_string(),
             target: target.to_string(),
             copy_source: header("x-amz-copy-source").is_some(),
+            content_length: length,
         });
         server_write.write_all(head.concat().as_bytes()).await?;
-        let length: u64 = header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
         let mut body = (&mut client_read).take(length);
         tokio::io::copy(&mut body, &mut server_write).await?;
     }
+}
+
+/// The sizes of the parts sent to S3, in MiB, by part number (parts go out in parallel).
+fn part_sizes_mib(seen: &[Seen]) -> Vec<u64> {
+    let mut parts: Vec<(u64, u64)> = seen
+        .iter()
+        .filter(|s| s.method == "PUT")
+        .filter_map(|s| {
+            let (_, query) = s.target.split_once('?')?;
+            let number = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("partNumber="))?;
+            Some((number.parse().ok()?, s.content_length >> 20))
+        })
+        .collect();
+    parts.sort();
+    parts.into_iter().map(|(_, size)| size).collect()
+}
+
+/// berth's environment for MinIO, reached through `proxy`.
+fn env_through(
+    server: &minio_server::MinioServer,
+    proxy: &CountingProxy,
+) -> Vec<(&'static str, String)> {
+    let mut env = server.aws_env();
+    for (name, value) in &mut env {
+        if *name == "AWS_ENDPOINT" {
+            *value = proxy.url.clone();
+        }
+    }
+    env
+}
+
+/// Resets the peak resident memory of process `pid` (Linux `clear_refs`) and returns
+/// what it holds now, in MiB.
+fn reset_peak_rss(pid: u32) -> u64 {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    memory_mib(pid, "VmRSS:")
+}
+
+/// The peak resident memory of process `pid` since the last reset, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    memory_mib(pid, "VmHWM:")
+}
+
+fn memory_mib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib >> 10
 }
 
 fn content(len: usize) -> Vec<u8> {
@@ -208,5 +263,116 @@ async fn a_chunked_upload_through_two_replicas_commits_without_copying_or_reread
         let body = resp.bytes().await.unwrap();
         assert_eq!(body.len(), blob.len());
         assert_eq!(sha256(&body), digest);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parts_grow_along_an_upload_and_stream_through_bounded_memory_when_the_body_has_a_length() {
+    let Some(server) = minio_server::shared() else {
+        return;
+    };
+    let proxy = CountingProxy::start(&server.endpoint).await;
+    let storage = format!(
+        "s3://{}/part-schedule-{}",
+        server.bucket,
+        uuid::Uuid::new_v4().simple()
+    );
+    let env = env_through(server, &proxy);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Parts of 5, 10, 20, 40 MiB, then 80: what 8 MiB parts growing to 4 GiB do over
+    // thousands of parts, in a few. Only 5 MiB parts may be gathered in memory.
+    let berth = Berth::start_with(
+        &[
+            "--storage",
+            &storage,
+            "--s3-part-schedule",
+            "5MiB,1,80MiB,5MiB",
+        ],
+        &env,
+    );
+    let http = reqwest::Client::new();
+
+    // A monolithic push with a Content-Length streams its large parts.
+    let blob = content(240 << 20);
+    let digest = sha256(&blob);
+    let pid = berth.pid().unwrap();
+    let resident = reset_peak_rss(pid);
+    let before = proxy.seen().len();
+    let resp = http
+        .post(format!(
+            "{}/v2/team/huge/blobs/uploads/?digest={digest}",
+            berth.url()
+        ))
+        .header("content-type", "application/octet-stream")
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "{:?}",
+        resp.text().await
+    );
+    let peak = peak_rss_mib(pid);
+    assert_eq!(
+        part_sizes_mib(&proxy.seen()[before..]),
+        [5, 10, 20, 40, 80, 80, 5],
+        "parts follow the schedule; the last one takes the rest"
+    );
+    // Gathering an 80 MiB part would add at least 80 MiB; streaming adds the 5 MiB
+    // parts, the hashing batches and a few of the body's chunks.
+    assert!(
+        peak - resident < 48,
+        "berth's resident memory grew from {resident} MiB to {peak} MiB during the push"
+    );
+
+    // A body of unknown length (chunked, as docker sends layers) keeps to parts that fit
+    // in memory.
+    let chunked = content(22 << 20);
+    let chunked_digest = sha256(&chunked);
+    let resp = http
+        .post(format!("{}/v2/team/huge/blobs/uploads/", berth.url()))
+        .send()
+        .await
+        .unwrap();
+    let session = resp.headers()["location"].to_str().unwrap().to_string();
+    let before = proxy.seen().len();
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        chunked.chunks(1 << 20).map(|c| Ok(c.to_vec())).collect();
+    let resp = http
+        .patch(format!("{}{session}", berth.url()))
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let sep = if session.contains('?') { '&' } else { '?' };
+    let resp = http
+        .put(format!(
+            "{}{session}{sep}digest={chunked_digest}",
+            berth.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(
+        part_sizes_mib(&proxy.seen()[before..]),
+        [5, 5, 5, 7],
+        "5 MiB parts in memory, the last with the rest of the request"
+    );
+
+    for (digest, blob) in [(&digest, &blob), (&chunked_digest, &chunked)] {
+        let resp = http
+            .get(format!("{}/v2/team/huge/blobs/{digest}", berth.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.bytes().await.unwrap();
+        assert_eq!(body.len(), blob.len());
+        assert_eq!(sha256(&body), *digest);
     }
 }

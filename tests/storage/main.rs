@@ -112,17 +112,17 @@ mod local_disk {
         // A monolithic upload, and a chunked one.
         let one =
             futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(content.clone()))]);
-        store.put_blob(&repo, &digest, one).await.unwrap();
+        store.put_blob(&repo, &digest, one, None).await.unwrap();
         let session = store.start_upload(&repo, Algorithm::Sha256).await.unwrap();
         let chunk =
             futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(content.clone()))]);
         store
-            .append_upload(&repo, &session.id, Some(0), chunk)
+            .append_upload(&repo, &session.id, Some(0), chunk, None)
             .await
             .unwrap();
         let none = futures::stream::iter(Vec::<Result<bytes::Bytes, std::io::Error>>::new());
         store
-            .finish_upload(&repo, &session.id, &digest, None, none)
+            .finish_upload(&repo, &session.id, &digest, None, none, None)
             .await
             .unwrap();
         assert_eq!(entries(&data.join("uploads")), Vec::<String>::new());

@@ -128,7 +128,7 @@ pub(crate) async fn push_blob(
 ) -> Descriptor {
     let d = descriptor(media_type, data);
     let size = store
-        .put_blob(repo, &d.digest, body(data))
+        .put_blob(repo, &d.digest, body(data), None)
         .await
         .expect("put blob");
     assert_eq!(size, data.len() as u64);
@@ -289,7 +289,7 @@ pub async fn blob_put_and_read_whole_and_by_ranges(store: Store) {
     // Pushing the same content again is harmless; the empty blob is a blob too.
     assert_eq!(
         store
-            .put_blob(&r, &d.digest, pieces(&content, 4096))
+            .put_blob(&r, &d.digest, pieces(&content, 4096), None)
             .await
             .unwrap(),
         size
@@ -326,6 +326,7 @@ pub async fn chunked_upload_with_multipart_chunks(store: Store) {
                 &upload.id,
                 Some(offset as u64),
                 pieces(chunk, 64 * 1024),
+                None,
             )
             .await
             .unwrap();
@@ -334,7 +335,14 @@ pub async fn chunked_upload_with_multipart_chunks(store: Store) {
     }
     let last = &content[offset..];
     let size = store
-        .finish_upload(&r, &upload.id, &digest, Some(offset as u64), body(last))
+        .finish_upload(
+            &r,
+            &upload.id,
+            &digest,
+            Some(offset as u64),
+            body(last),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(size, content.len() as u64);
@@ -353,7 +361,7 @@ pub async fn chunked_upload_with_multipart_chunks(store: Store) {
     let nothing = sha256(b"");
     assert_eq!(
         store
-            .finish_upload(&r, &upload.id, &nothing, Some(0), empty())
+            .finish_upload(&r, &upload.id, &nothing, Some(0), empty(), None)
             .await
             .unwrap(),
         0
@@ -364,11 +372,11 @@ pub async fn chunked_upload_with_multipart_chunks(store: Store) {
     let small = data(70_000, 3);
     let upload = store.start_upload(&r, Algorithm::Sha256).await.unwrap();
     store
-        .append_upload(&r, &upload.id, None, body(&small))
+        .append_upload(&r, &upload.id, None, body(&small), None)
         .await
         .unwrap();
     store
-        .finish_upload(&r, &upload.id, &sha256(&small), None, empty())
+        .finish_upload(&r, &upload.id, &sha256(&small), None, empty(), None)
         .await
         .unwrap();
     assert_eq!(
@@ -385,7 +393,7 @@ pub async fn upload_status_resumes_after_append(store: Store) {
     assert_eq!((status.id.as_str(), status.size), (upload.id.as_str(), 0));
 
     store
-        .append_upload(&r, &upload.id, Some(0), body(&content[..100_000]))
+        .append_upload(&r, &upload.id, Some(0), body(&content[..100_000]), None)
         .await
         .unwrap();
     let status = store.upload_status(&r, &upload.id).await.unwrap();
@@ -405,6 +413,7 @@ pub async fn upload_status_resumes_after_append(store: Store) {
             &upload.id,
             Some(100_000),
             body(&content[100_000..200_000]),
+            None,
         )
         .await
         .unwrap();
@@ -433,6 +442,7 @@ pub async fn upload_status_resumes_after_append(store: Store) {
             &sha256(&content),
             Some(200_000),
             body(&content[200_000..]),
+            None,
         )
         .await
         .unwrap();
@@ -447,12 +457,18 @@ pub async fn out_of_order_chunk_is_rejected_and_upload_stays_usable(store: Store
     let content = data(3000, 5);
     let upload = store.start_upload(&r, Algorithm::Sha256).await.unwrap();
     store
-        .append_upload(&r, &upload.id, Some(0), body(&content[..1000]))
+        .append_upload(&r, &upload.id, Some(0), body(&content[..1000]), None)
         .await
         .unwrap();
     for wrong in [0, 500, 999, 1001, 5000] {
         let err = store
-            .append_upload(&r, &upload.id, Some(wrong), body(&content[1000..2000]))
+            .append_upload(
+                &r,
+                &upload.id,
+                Some(wrong),
+                body(&content[1000..2000]),
+                None,
+            )
             .await
             .unwrap_err();
         assert!(
@@ -467,6 +483,7 @@ pub async fn out_of_order_chunk_is_rejected_and_upload_stays_usable(store: Store
             &sha256(&content),
             Some(1500),
             body(&content[1000..]),
+            None,
         )
         .await
         .unwrap_err();
@@ -487,7 +504,7 @@ pub async fn out_of_order_chunk_is_rejected_and_upload_stays_usable(store: Store
         1000
     );
     store
-        .append_upload(&r, &upload.id, Some(1000), body(&content[1000..2000]))
+        .append_upload(&r, &upload.id, Some(1000), body(&content[1000..2000]), None)
         .await
         .unwrap();
     store
@@ -497,6 +514,7 @@ pub async fn out_of_order_chunk_is_rejected_and_upload_stays_usable(store: Store
             &sha256(&content),
             Some(2000),
             body(&content[2000..]),
+            None,
         )
         .await
         .unwrap();
@@ -516,7 +534,13 @@ pub async fn wrong_digest_is_rejected_and_leaves_nothing(store: Store) {
     // Chunked.
     let upload = store.start_upload(&r, Algorithm::Sha256).await.unwrap();
     store
-        .append_upload(&r, &upload.id, Some(0), pieces(&content[..5 * MIB], MIB))
+        .append_upload(
+            &r,
+            &upload.id,
+            Some(0),
+            pieces(&content[..5 * MIB], MIB),
+            None,
+        )
         .await
         .unwrap();
     let err = store
@@ -526,6 +550,7 @@ pub async fn wrong_digest_is_rejected_and_leaves_nothing(store: Store) {
             &claimed,
             Some(5 * MIB as u64),
             pieces(&content[5 * MIB..], MIB),
+            None,
         )
         .await
         .unwrap_err();
@@ -562,7 +587,7 @@ pub async fn wrong_digest_is_rejected_and_leaves_nothing(store: Store) {
 
     // Monolithic.
     let err = store
-        .put_blob(&r, &claimed, pieces(&content, MIB))
+        .put_blob(&r, &claimed, pieces(&content, MIB), None)
         .await
         .unwrap_err();
     assert!(matches!(err, StorageError::DigestMismatch { .. }), "{err}");
@@ -580,7 +605,7 @@ pub async fn upload_finished_with_another_algorithm(store: Store) {
     // Hashing as sha256 while receiving, then asked for sha512: the parts are read back.
     let upload = store.start_upload(&r, Algorithm::Sha256).await.unwrap();
     store
-        .append_upload(&r, &upload.id, Some(0), body(&content[..MIB]))
+        .append_upload(&r, &upload.id, Some(0), body(&content[..MIB]), None)
         .await
         .unwrap();
     let sha512 = Digest::of(Algorithm::Sha512, &content);
@@ -591,6 +616,7 @@ pub async fn upload_finished_with_another_algorithm(store: Store) {
             &sha512,
             Some(MIB as u64),
             body(&content[MIB..]),
+            None,
         )
         .await
         .unwrap();
@@ -606,6 +632,7 @@ pub async fn upload_finished_with_another_algorithm(store: Store) {
             &Digest::of(Algorithm::Sha512, &other),
             Some(0),
             body(&other),
+            None,
         )
         .await
         .unwrap();
@@ -623,11 +650,11 @@ pub async fn cancel_removes_the_session(store: Store) {
     let content = data(100_000, 9);
     let upload = store.start_upload(&r, Algorithm::Sha256).await.unwrap();
     store
-        .append_upload(&r, &upload.id, Some(0), body(&content[..50_000]))
+        .append_upload(&r, &upload.id, Some(0), body(&content[..50_000]), None)
         .await
         .unwrap();
     store
-        .append_upload(&r, &upload.id, Some(50_000), body(&content[50_000..]))
+        .append_upload(&r, &upload.id, Some(50_000), body(&content[50_000..]), None)
         .await
         .unwrap();
     assert!(!keys(&store, "uploads").await.is_empty());
@@ -644,13 +671,13 @@ pub async fn cancel_removes_the_session(store: Store) {
     ));
     assert!(matches!(
         store
-            .append_upload(&r, &upload.id, Some(100_000), body(b"more"))
+            .append_upload(&r, &upload.id, Some(100_000), body(b"more"), None)
             .await,
         Err(StorageError::UploadUnknown(_))
     ));
     assert!(matches!(
         store
-            .finish_upload(&r, &upload.id, &sha256(&content), None, empty())
+            .finish_upload(&r, &upload.id, &sha256(&content), None, empty(), None)
             .await,
         Err(StorageError::UploadUnknown(_))
     ));
@@ -670,7 +697,7 @@ pub async fn abandoned_uploads_expire_and_fresh_ones_stay(store: Store) {
     let content = data(100_000, 11);
     let abandoned = store.start_upload(&r, Algorithm::Sha256).await.unwrap();
     store
-        .append_upload(&r, &abandoned.id, Some(0), body(&content))
+        .append_upload(&r, &abandoned.id, Some(0), body(&content), None)
         .await
         .unwrap();
     let other = store.start_upload(&r, Algorithm::Sha256).await.unwrap();
@@ -1318,7 +1345,7 @@ pub async fn large_blob_streams_out_with_the_right_digest(store: Store) {
     let content = data(SIZE, 12);
     let digest = sha256(&content);
     let size = store
-        .put_blob(&r, &digest, pieces(&content, 256 * 1024))
+        .put_blob(&r, &digest, pieces(&content, 256 * 1024), None)
         .await
         .unwrap();
     assert_eq!(size, SIZE as u64);
@@ -1399,7 +1426,7 @@ pub async fn requests_for_unknown_upload_sessions_leave_no_locks(store: Store) {
         let r = r.clone();
         async move {
             let id = format!("00000000-0000-4000-8000-{n:012}");
-            store.append_upload(&r, &id, None, body(b"x")).await
+            store.append_upload(&r, &id, None, body(b"x"), None).await
         }
     });
     for result in futures::future::join_all(calls).await {
@@ -1411,12 +1438,12 @@ pub async fn requests_for_unknown_upload_sessions_leave_no_locks(store: Store) {
     assert_eq!(store.uploads_in_use(), 0);
     let session = store.start_upload(&r, Algorithm::Sha256).await.unwrap();
     store
-        .append_upload(&r, &session.id, None, body(b"abc"))
+        .append_upload(&r, &session.id, None, body(b"abc"), None)
         .await
         .unwrap();
     assert_eq!(store.uploads_in_use(), 0, "released after the request");
     store
-        .finish_upload(&r, &session.id, &sha256(b"abc"), None, empty())
+        .finish_upload(&r, &session.id, &sha256(b"abc"), None, empty(), None)
         .await
         .unwrap();
     assert_eq!(store.uploads_in_use(), 0);

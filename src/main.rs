@@ -440,14 +440,17 @@ async fn serve_registry(
     cluster: Option<kube::Client>,
 ) -> anyhow::Result<()> {
     tokio::spawn(gc.clone().run_on_schedule());
-    let gc_routes = berth::gc::router(gc, state.auth.clone(), state.policy.clone());
     if !args.upload_expiry.is_zero() {
+        // Like garbage collection, the leader's job when replicas share storage.
+        let leading = gc.clone();
         tokio::spawn(berth::storage::expire_uploads_periodically(
             state.store.clone(),
             args.upload_expiry,
             state.metrics.uploads_expired.clone(),
+            move || leading.is_active(),
         ));
     }
+    let gc_routes = berth::gc::router(gc, state.auth.clone(), state.policy.clone());
     tokio::spawn(berth::storage::flush_pull_counts_periodically(
         state.store.clone(),
         args.pull_count_flush

@@ -75,6 +75,11 @@ impl Collector {
         self.active.store(active, Ordering::SeqCst);
     }
 
+    /// Whether this replica collects (it leads, or runs alone).
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
     pub fn options(&self) -> &GcOptions {
         &self.options
     }

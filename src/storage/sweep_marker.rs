@@ -56,6 +56,31 @@ pub(super) struct SweepMarker {
     pub duration_ms: u64,
 }
 
+/// How long an unreadable marker (written by something else than berth) holds linking
+/// writes back: as long as a dead sweeper's marker with the default duration.
+const UNREADABLE_MARKER_DURATION: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(30)
+};
+
+impl SweepMarker {
+    /// What an unreadable marker is taken for: a sweep that may be deleting, until it
+    /// expires like one whose sweeper died. Never an error: writes on every replica
+    /// would fail until someone deleted the object by hand.
+    fn unreadable() -> Self {
+        SweepMarker {
+            sweep: "unreadable".into(),
+            sweeper: String::new(),
+            state: MarkerState::Sweeping,
+            started_at: String::new(),
+            renewed_at: String::new(),
+            renewals: 0,
+            duration_ms: UNREADABLE_MARKER_DURATION.as_millis() as u64,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) enum MarkerState {
@@ -256,8 +281,10 @@ impl Store {
                     .bytes()
                     .await
                     .map_err(|e| StorageError::backend("read", &key, e))?;
-                let marker: SweepMarker =
-                    serde_json::from_slice(&bytes).map_err(|e| StorageError::corrupt(&key, e))?;
+                let marker = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                    tracing::warn!(%key, error = %e, "the sweep marker is unreadable: taken for a sweep until it stays unchanged for {UNREADABLE_MARKER_DURATION:?}, then replaced by the next one");
+                    SweepMarker::unreadable()
+                });
                 Some((marker, version))
             }
             Err(object_store::Error::NotFound { .. }) => None,
@@ -579,6 +606,36 @@ mod tests {
         assert!(hold.fence().check().is_ok());
         hold.release().await;
         assert!(crossed.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_marker_holds_writes_back_until_it_expires_and_the_next_sweep_replaces_it()
+     {
+        let (sweeper, writer) = two_replicas();
+        let key = Key::SweepMarker.path();
+        writer
+            .objects
+            .put_opts(
+                &key,
+                PutPayload::from_static(b"not json"),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let window = writer.open_sweep_window().await.unwrap();
+        let started = Instant::now();
+        assert!(
+            writer.sweep_crossed(&window).await.unwrap(),
+            "taken for a sweep that may have run"
+        );
+        assert!(started.elapsed() >= UNREADABLE_MARKER_DURATION);
+        // Expired, it is taken over like a dead sweeper's marker.
+        let hold = sweeper.hold_sweep_marker(DURATION).await.unwrap();
+        hold.release().await;
+        let window = writer.open_sweep_window().await.unwrap();
+        assert!(writer.sweep_crossed(&window).await.unwrap(), "a sweep ran");
+        let window = writer.open_sweep_window().await.unwrap();
+        assert!(!writer.sweep_crossed(&window).await.unwrap(), "quiet again");
     }
 
     #[tokio::test]

@@ -169,16 +169,26 @@ fn now_secs() -> i64 {
     seconds(SystemTime::now())
 }
 
-/// Runs [`Store::expire_uploads`] at start and every hour, counting what it deletes.
+/// Runs [`Store::expire_uploads`] at start and every hour, counting what it deletes,
+/// whenever `leading` says this process is the one of its replicas that cleans up
+/// (the others would only repeat its listing); a replica that becomes the leader runs
+/// it within a second.
 pub async fn expire_uploads_periodically(
     store: Store,
     max_age: Duration,
     expired: prometheus_client::metrics::counter::Counter,
+    leading: impl Fn() -> bool + Send + 'static,
 ) {
-    let mut every = tokio::time::interval(Duration::from_secs(3600));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    const EVERY: Duration = Duration::from_secs(3600);
+    const LEADERSHIP_POLL: Duration = Duration::from_secs(1);
+    let mut next = tokio::time::Instant::now();
     loop {
-        every.tick().await;
+        tokio::time::sleep_until(next).await;
+        if !leading() {
+            next = tokio::time::Instant::now() + LEADERSHIP_POLL;
+            continue;
+        }
+        next = tokio::time::Instant::now() + EVERY;
         match store.expire_uploads(max_age).await {
             Ok(0) => {}
             Ok(n) => {

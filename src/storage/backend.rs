@@ -132,26 +132,13 @@ impl StorageLocation {
     }
 
     /// The low-level multipart API of the same bucket and prefix, for upload sessions
-    /// that span requests and replicas (see `s3_session.rs`); `None` for a directory.
+    /// that span requests and replicas (see `in_place.rs`); `None` for a directory.
     pub fn open_multipart(&self) -> Result<Option<Multipart>, BackendError> {
         let StorageLocation::S3(settings) = self else {
             return Ok(None);
         };
-        let s3 = settings
-            .builder()
-            .build()
-            .map_err(|source| BackendError::Open {
-                location: self.to_string(),
-                source,
-            })?;
-        let signer = settings
-            .builder()
-            .build()
-            .map_err(|source| BackendError::Open {
-                location: self.to_string(),
-                source,
-            })?;
-        let streamer = PartStreamer::new(signer).map_err(|e| BackendError::Open {
+        let s3 = self.s3(settings)?;
+        let streamer = PartStreamer::new(s3.clone()).map_err(|e| BackendError::Open {
             location: self.to_string(),
             source: object_store::Error::Generic {
                 store: "S3",
@@ -164,17 +151,18 @@ impl StorageLocation {
         ))
     }
 
+    fn s3(&self, settings: &S3Settings) -> Result<object_store::aws::AmazonS3, BackendError> {
+        settings.build().map_err(|source| BackendError::Open {
+            location: self.to_string(),
+            source,
+        })
+    }
+
     pub fn open(&self) -> Result<Arc<dyn ObjectStore>, BackendError> {
         match self {
             StorageLocation::Local(path) => Ok(Arc::new(local_filesystem(path)?)),
             StorageLocation::S3(settings) => {
-                let s3 = settings
-                    .builder()
-                    .build()
-                    .map_err(|source| BackendError::Open {
-                        location: self.to_string(),
-                        source,
-                    })?;
+                let s3 = self.s3(settings)?;
                 if settings.prefix.is_empty() {
                     Ok(Arc::new(s3))
                 } else {

@@ -2,7 +2,7 @@
 //! (see `crate::replicas::lease`): created with `If-None-Match`, renewed and taken over
 //! with `If-Match`, so of two replicas writing at once exactly one succeeds.
 
-use object_store::{PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::UpdateVersion;
 use serde::{Deserialize, Serialize};
 
 use super::Store;
@@ -62,27 +62,7 @@ impl Store {
         version: Option<&LeaseVersion>,
     ) -> Result<bool> {
         let key = Key::LeaderLease.path();
-        let mode = match version {
-            None => PutMode::Create,
-            Some(v) => PutMode::Update(v.0.clone()),
-        };
-        let data = serde_json::to_vec(lease).expect("leases always serialize");
-        let options = PutOptions {
-            mode,
-            ..Default::default()
-        };
-        match self
-            .objects
-            .put_opts(&key, PutPayload::from(data), options)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. }
-                | object_store::Error::NotFound { .. },
-            ) => Ok(false),
-            Err(e) => Err(StorageError::backend("write", &key, e)),
-        }
+        let version = version.map(|v| v.0.clone());
+        Ok(self.put_json_if(&key, lease, version).await?.is_some())
     }
 }

@@ -371,6 +371,38 @@ impl Store {
         written
     }
 
+    /// Writes `value` at `key` only if nothing is there (`version` `None`) or it is
+    /// still at `version`: what S3 answered, or `None` when another writer was first.
+    async fn put_json_if<T: Serialize>(
+        &self,
+        key: &Path,
+        value: &T,
+        version: Option<UpdateVersion>,
+    ) -> Result<Option<object_store::PutResult>> {
+        let mode = match version {
+            None => PutMode::Create,
+            Some(v) => PutMode::Update(v),
+        };
+        let data = serde_json::to_vec(value).expect("storage records always serialize");
+        let options = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        match self
+            .objects
+            .put_opts(key, PutPayload::from(data), options)
+            .await
+        {
+            Ok(result) => Ok(Some(result)),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::NotFound { .. },
+            ) => Ok(None),
+            Err(e) => Err(StorageError::backend("write", key, e)),
+        }
+    }
+
     async fn put_json<T: Serialize>(&self, key: &Path, value: &T) -> Result<()> {
         let data = serde_json::to_vec(value).expect("storage records always serialize");
         self.put_bytes(key, data.into()).await

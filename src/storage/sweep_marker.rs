@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use object_store::{GetOptions, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{GetOptions, UpdateVersion};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -444,40 +444,23 @@ impl Store {
         previous: Option<&Version>,
     ) -> Result<Option<Version>> {
         let key = Key::SweepMarker.path();
-        let mode = match previous {
-            None => PutMode::Create,
-            Some(v) => PutMode::Update(v.into()),
+        let Some(result) = self
+            .put_json_if(&key, marker, previous.map(UpdateVersion::from))
+            .await?
+        else {
+            return Ok(None);
         };
-        let data = serde_json::to_vec(marker).expect("markers always serialize");
-        let options = PutOptions {
-            mode,
-            ..Default::default()
+        let version = Version {
+            e_tag: result.e_tag,
+            version: result.version,
         };
-        match self
-            .objects
-            .put_opts(&key, PutPayload::from(data), options)
-            .await
-        {
-            Ok(result) => {
-                let version = Version {
-                    e_tag: result.e_tag,
-                    version: result.version,
-                };
-                // What this process wrote is what it saw last: its own writers open
-                // their windows on it (see `sweep_crossed`).
-                *self.marker.seen.lock().expect("marker view lock") = Some(Seen {
-                    found: Some((marker.clone(), version.clone())),
-                    since: Instant::now(),
-                });
-                Ok(Some(version))
-            }
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. }
-                | object_store::Error::NotFound { .. },
-            ) => Ok(None),
-            Err(e) => Err(StorageError::backend("write", &key, e)),
-        }
+        // What this process wrote is what it saw last: its own writers open their
+        // windows on it (see `sweep_crossed`).
+        *self.marker.seen.lock().expect("marker view lock") = Some(Seen {
+            found: Some((marker.clone(), version.clone())),
+            since: Instant::now(),
+        });
+        Ok(Some(version))
     }
 }
 
@@ -617,7 +600,7 @@ mod tests {
             .objects
             .put_opts(
                 &key,
-                PutPayload::from_static(b"not json"),
+                object_store::PutPayload::from_static(b"not json"),
                 Default::default(),
             )
             .await

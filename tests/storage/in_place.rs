@@ -175,12 +175,7 @@ async fn a_chunked_upload_through_two_replicas_commits_without_copying_or_reread
         server.bucket,
         uuid::Uuid::new_v4().simple()
     );
-    let mut env = server.aws_env();
-    for (name, value) in &mut env {
-        if *name == "AWS_ENDPOINT" {
-            *value = proxy.url.clone();
-        }
-    }
+    let env = env_through(server, &proxy);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let replicas: Vec<Berth> = (0..2)
         .map(|i| {

@@ -1,6 +1,8 @@
-//! Committing an upload on S3 moves no bytes: the replicas talk to MinIO through a
-//! proxy that notes every request, and a chunked push hopping between two replicas
-//! makes no CopyObject and reads none of its bytes back, yet pulls whole and verified.
+//! Committing an upload on S3 moves no bytes, and its parts grow and stream: the
+//! replicas talk to MinIO through a proxy that notes every request, and a chunked push
+//! hopping between two replicas makes no CopyObject and reads none of its bytes back,
+//! yet pulls whole and verified; parts follow their schedule and large ones stream
+//! through bounded memory; a part cut off mid-stream leaves the session unchanged.
 
 use std::sync::{Arc, Mutex};
 
@@ -370,4 +372,110 @@ async fn parts_grow_along_an_upload_and_stream_through_bounded_memory_when_the_b
         assert_eq!(body.len(), blob.len());
         assert_eq!(sha256(&body), *digest);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_part_cut_off_by_a_dropped_connection_leaves_the_session_as_it_was() {
+    let Some(server) = minio_server::shared() else {
+        return;
+    };
+    let storage = format!(
+        "s3://{}/cut-part-{}",
+        server.bucket,
+        uuid::Uuid::new_v4().simple()
+    );
+    let env = server.aws_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let berth = Berth::start_with(
+        &[
+            "--storage",
+            &storage,
+            "--s3-part-schedule",
+            "5MiB,1,80MiB,5MiB",
+        ],
+        &env,
+    );
+    let http = reqwest::Client::new();
+    let blob = content(60 << 20);
+    let digest = sha256(&blob);
+    let resp = http
+        .post(format!("{}/v2/team/cut/blobs/uploads/", berth.url()))
+        .send()
+        .await
+        .unwrap();
+    let session = resp.headers()["location"].to_str().unwrap().to_string();
+
+    // A PATCH announcing 60 MiB whose client goes away after 30: berth is then
+    // streaming its 20 MiB third part.
+    let mut socket = TcpStream::connect(&berth.addr).await.unwrap();
+    let head = format!(
+        "PATCH {session} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        berth.addr,
+        blob.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&blob[..30 << 20]).await.unwrap();
+    socket.flush().await.unwrap();
+    drop(socket);
+
+    // The session still has none of those bytes...
+    let status = || async {
+        http.get(format!("{}{session}", berth.url()))
+            .send()
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let resp = status().await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let range = resp
+            .headers()
+            .get("range")
+            .map(|r| r.to_str().unwrap().to_string());
+        assert!(
+            range.is_none() || range.as_deref() == Some("0-0"),
+            "a cut-off request added bytes to the session: {range:?}"
+        );
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    // ...and takes them whole when the client sends them again.
+    let resp = http
+        .patch(format!("{}{session}", berth.url()))
+        .header("content-type", "application/octet-stream")
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::ACCEPTED,
+        "{:?}",
+        resp.text().await
+    );
+    let session = resp.headers()["location"].to_str().unwrap().to_string();
+    let sep = if session.contains('?') { '&' } else { '?' };
+    let resp = http
+        .put(format!("{}{session}{sep}digest={digest}", berth.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "{:?}",
+        resp.text().await
+    );
+    let body = http
+        .get(format!("{}/v2/team/cut/blobs/{digest}", berth.url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&body), digest);
 }

@@ -160,6 +160,42 @@ fn memory_mib(pid: u32, field: &str) -> u64 {
     kib >> 10
 }
 
+/// Parts of 5, 10, 20, 40 MiB, then 80: what 8 MiB parts growing to 4 GiB do over
+/// thousands of parts, in a few. Only 5 MiB parts may be gathered in memory.
+const SMALL_PARTS: &str = "5MiB,1,80MiB,5MiB";
+
+/// berth on a fresh prefix of MinIO, reached with `env`, with [`SMALL_PARTS`].
+fn berth_with_small_parts(server: &minio_server::MinioServer, env: &[(&str, &str)]) -> Berth {
+    let storage = format!(
+        "s3://{}/part-schedule-{}",
+        server.bucket,
+        uuid::Uuid::new_v4().simple()
+    );
+    Berth::start_with(
+        &["--storage", &storage, "--s3-part-schedule", SMALL_PARTS],
+        env,
+    )
+}
+
+/// Pulls `digest` from `repo` and checks it is `blob`, whole.
+async fn assert_pulls(
+    http: &reqwest::Client,
+    berth: &Berth,
+    repo: &str,
+    digest: &str,
+    blob: &[u8],
+) {
+    let resp = http
+        .get(format!("{}/v2/{repo}/blobs/{digest}", berth.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(body.len(), blob.len());
+    assert_eq!(sha256(&body), digest);
+}
+
 fn content(len: usize) -> Vec<u8> {
     (0..len as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -269,24 +305,9 @@ async fn parts_grow_along_an_upload_and_stream_through_bounded_memory_when_the_b
         return;
     };
     let proxy = CountingProxy::start(&server.endpoint).await;
-    let storage = format!(
-        "s3://{}/part-schedule-{}",
-        server.bucket,
-        uuid::Uuid::new_v4().simple()
-    );
     let env = env_through(server, &proxy);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    // Parts of 5, 10, 20, 40 MiB, then 80: what 8 MiB parts growing to 4 GiB do over
-    // thousands of parts, in a few. Only 5 MiB parts may be gathered in memory.
-    let berth = Berth::start_with(
-        &[
-            "--storage",
-            &storage,
-            "--s3-part-schedule",
-            "5MiB,1,80MiB,5MiB",
-        ],
-        &env,
-    );
+    let berth = berth_with_small_parts(server, &env);
     let http = reqwest::Client::new();
 
     // A monolithic push with a Content-Length streams its large parts.
@@ -361,17 +382,8 @@ async fn parts_grow_along_an_upload_and_stream_through_bounded_memory_when_the_b
         "5 MiB parts in memory, the last with the rest of the request"
     );
 
-    for (digest, blob) in [(&digest, &blob), (&chunked_digest, &chunked)] {
-        let resp = http
-            .get(format!("{}/v2/team/huge/blobs/{digest}", berth.url()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let body = resp.bytes().await.unwrap();
-        assert_eq!(body.len(), blob.len());
-        assert_eq!(sha256(&body), *digest);
-    }
+    assert_pulls(&http, &berth, "team/huge", &digest, &blob).await;
+    assert_pulls(&http, &berth, "team/huge", &chunked_digest, &chunked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -379,22 +391,9 @@ async fn a_streamed_part_cut_off_by_a_dropped_connection_leaves_the_session_as_i
     let Some(server) = minio_server::shared() else {
         return;
     };
-    let storage = format!(
-        "s3://{}/cut-part-{}",
-        server.bucket,
-        uuid::Uuid::new_v4().simple()
-    );
     let env = server.aws_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let berth = Berth::start_with(
-        &[
-            "--storage",
-            &storage,
-            "--s3-part-schedule",
-            "5MiB,1,80MiB,5MiB",
-        ],
-        &env,
-    );
+    let berth = berth_with_small_parts(server, &env);
     let http = reqwest::Client::new();
     let blob = content(60 << 20);
     let digest = sha256(&blob);
@@ -469,13 +468,5 @@ async fn a_streamed_part_cut_off_by_a_dropped_connection_leaves_the_session_as_i
         "{:?}",
         resp.text().await
     );
-    let body = http
-        .get(format!("{}/v2/team/cut/blobs/{digest}", berth.url()))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(sha256(&body), digest);
+    assert_pulls(&http, &berth, "team/cut", &digest, &blob).await;
 }

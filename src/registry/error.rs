@@ -149,7 +149,8 @@ impl From<StorageError> for RegistryError {
             StorageError::Backend { .. }
             | StorageError::Corrupt { .. }
             | StorageError::SweepRunning
-            | StorageError::SweepMarkerLost => {
+            | StorageError::SweepMarkerLost
+            | StorageError::Spool(_) => {
                 tracing::error!(error = %e, "storage failure");
                 return RegistryError::new(
                     ErrorCode::Unknown,

@@ -47,9 +47,12 @@ pub enum StorageError {
     SweepMarkerLost,
     /// The upload has used every part one S3 multipart upload may have.
     #[error(
-        "the upload has filled the 10,000 parts of one S3 upload; send large blobs in requests with a Content-Length, whose parts grow up to 4 GiB"
+        "the upload has filled the 10,000 parts of one S3 upload; parts grow up to 4 GiB, but a request ends its last part: send a large blob in few requests"
     )]
     UploadTooLarge,
+    /// A part of a body of unknown length could not be gathered on local disk.
+    #[error("could not gather an upload part in a temporary file: {0}")]
+    Spool(#[source] std::io::Error),
     /// A tag written create-only (an immutable tag) already points elsewhere.
     #[error("tag {tag} already points to {existing}")]
     TagTaken { tag: Tag, existing: Digest },

@@ -8,7 +8,8 @@
 //! more than S3's largest object). S3 takes parts of at least 5 MiB (but the last). A
 //! part up to 16 MiB is gathered in memory: the request holds back up to its size +
 //! [`MIN_PART`] and sends it whenever more arrived. A larger part is streamed from the
-//! body as it arrives (`s3_parts.rs`) when the body's length covers it. The last bytes
+//! body as it arrives (`s3_parts.rs`) when the body's length covers it, and gathered on
+//! local disk first (`part_spool.rs`) when the body's length is unknown. The last bytes
 //! of a request go out as a part when they are 5 MiB or more; a shorter end is staged
 //! as an object of its own (`blob-data/<session>/<offset>-<write>`) and read back by
 //! the next request of the session, to go out in front of its bytes; a session whose
@@ -40,6 +41,7 @@ use super::hasher::Hasher;
 use super::layout::Key;
 use super::part_schedule::MAX_PARTS;
 pub(super) use super::part_schedule::MIN_PART;
+use super::part_spool::PartSpool;
 use super::pipeline::HashPipeline;
 use super::s3_parts::PartFeed;
 use super::sweep_marker::Crossed;
@@ -311,6 +313,61 @@ where
     }
 }
 
+/// What [`spool_part`] did.
+enum Spooled {
+    /// Sent a part, and more of the body follows.
+    More,
+    /// Sent the body's last bytes as a part.
+    Last,
+    /// The body ended too short for a part: its bytes are held.
+    Short,
+}
+
+/// Gathers up to `target` + [`MIN_PART`] bytes of a body of unknown length on disk
+/// (`part_spool.rs`) and sends `target` of them as a part, or all at the body's end;
+/// what follows the part is held.
+async fn spool_part<S, E>(
+    reader: &mut BodyReader<S>,
+    held: &mut Held,
+    sender: &mut PartSender,
+    target: usize,
+    closing: bool,
+) -> Result<Spooled>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+    E: Display,
+{
+    let mut spool = PartSpool::create().await.map_err(StorageError::Spool)?;
+    for chunk in held.take(held.len) {
+        spool.write(&chunk).await.map_err(StorageError::Spool)?;
+    }
+    let limit = (target + MIN_PART) as u64;
+    while spool.len() < limit {
+        match reader.pull().await? {
+            Some(chunk) => spool.write(&chunk).await.map_err(StorageError::Spool)?,
+            None => break,
+        }
+    }
+    let last = spool.len() < limit;
+    if last
+        && (spool.len() == 0 || (spool.len() < MIN_PART as u64 && !(closing && sender.started())))
+    {
+        held.push(spool.into_bytes().await.map_err(StorageError::Spool)?);
+        return Ok(Spooled::Short);
+    }
+    let len = if last { spool.len() } else { target as u64 };
+    let feed = sender.stream(len).await?;
+    match spool.send(&feed, len).await {
+        Ok(Some(rest)) => held.push(rest),
+        Ok(None) => return Err(sender.failure().await),
+        Err(e) => {
+            feed.fail(e.to_string()).await;
+            return Err(StorageError::Spool(e));
+        }
+    }
+    Ok(if last { Spooled::Last } else { Spooled::More })
+}
+
 impl Store {
     /// Streams `body` into session `state`'s multipart upload (see the module comment),
     /// hashing on the way. `length`: the body's length, when known (`Content-Length`),
@@ -412,6 +469,13 @@ impl Store {
                         return Ok(());
                     }
                     continue;
+                }
+                if length.is_none() && target > schedule.in_memory {
+                    match spool_part(&mut reader, &mut held, &mut sender, target, closing).await? {
+                        Spooled::More => continue,
+                        Spooled::Last => return Ok(()),
+                        Spooled::Short => break,
+                    }
                 }
                 let target = schedule.size_in_memory(index);
                 if held.len >= target + MIN_PART {

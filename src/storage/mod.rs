@@ -26,6 +26,7 @@ mod local_write;
 mod manifests;
 mod mapped;
 mod part_schedule;
+mod part_spool;
 mod parts;
 mod pipeline;
 mod probe;

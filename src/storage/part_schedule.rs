@@ -8,10 +8,12 @@
 //!
 //! Parts up to [`PartSchedule::in_memory`] are gathered in memory. Larger ones are
 //! streamed from the request body straight into S3 (`s3_parts.rs`), which needs their
-//! length before the first byte: only a request whose `Content-Length` covers the whole
-//! part can send one. A body of unknown length (chunked transfer encoding, as docker
-//! sends a layer) keeps to in-memory parts, so its blob can reach
-//! [`PartSchedule::in_memory_capacity`] (148 GiB by default).
+//! length before the first byte: a request whose `Content-Length` covers the part
+//! streams it as it arrives; a body of unknown length (chunked transfer encoding, as
+//! docker sends a layer) gathers it on local disk first (`part_spool.rs`).
+//!
+//! A request ends its last part, so a client that sends a blob in many small requests
+//! gets parts no larger than its requests: 10,000 requests of 5 MiB make 50 GB.
 
 use std::fmt;
 use std::str::FromStr;
@@ -69,11 +71,6 @@ impl PartSchedule {
     /// The largest blob one upload holds when every part is as large as it may be.
     pub fn capacity(&self) -> u64 {
         (0..MAX_PARTS).map(|i| self.size(i) as u64).sum()
-    }
-
-    /// The largest blob one upload holds when its bodies' lengths are never known.
-    pub fn in_memory_capacity(&self) -> u64 {
-        (0..MAX_PARTS).map(|i| self.size_in_memory(i) as u64).sum()
     }
 }
 
@@ -146,8 +143,9 @@ mod tests {
     fn one_upload_holds_more_than_s3s_5_tib_object_limit() {
         let s = PartSchedule::default();
         assert!(s.capacity() > 5 * 1024 * GIB, "{}", s.capacity());
-        // Bodies without a length: 1,000 parts of 8 MiB, 9,000 of 16 MiB.
-        assert_eq!(s.in_memory_capacity(), (8 * 1000 + 16 * 9000) * MIB as u64);
+        // Gathered in memory: the first 2,000 parts (24 GB); on disk after that.
+        assert_eq!(s.size(1999), s.in_memory);
+        assert!(s.size(2000) > s.in_memory);
     }
 
     #[test]

@@ -300,7 +300,7 @@ async fn a_chunked_upload_through_two_replicas_commits_without_copying_or_reread
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn parts_grow_along_an_upload_and_stream_through_bounded_memory_when_the_body_has_a_length() {
+async fn parts_grow_along_an_upload_and_stream_through_bounded_memory_with_or_without_a_length() {
     let Some(server) = minio_server::shared() else {
         return;
     };
@@ -345,9 +345,9 @@ async fn parts_grow_along_an_upload_and_stream_through_bounded_memory_when_the_b
         "berth's resident memory grew from {resident} MiB to {peak} MiB during the push"
     );
 
-    // A body of unknown length (chunked, as docker sends layers) keeps to parts that fit
-    // in memory.
-    let chunked = content(22 << 20);
+    // A body of unknown length (chunked, as docker sends layers) gathers its large parts
+    // on disk first: the same parts, and memory as bounded.
+    let chunked = content(240 << 20);
     let chunked_digest = sha256(&chunked);
     let resp = http
         .post(format!("{}/v2/team/huge/blobs/uploads/", berth.url()))
@@ -355,6 +355,7 @@ async fn parts_grow_along_an_upload_and_stream_through_bounded_memory_when_the_b
         .await
         .unwrap();
     let session = resp.headers()["location"].to_str().unwrap().to_string();
+    let resident = reset_peak_rss(pid);
     let before = proxy.seen().len();
     let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
         chunked.chunks(1 << 20).map(|c| Ok(c.to_vec())).collect();
@@ -376,10 +377,15 @@ async fn parts_grow_along_an_upload_and_stream_through_bounded_memory_when_the_b
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
+    let peak = peak_rss_mib(pid);
     assert_eq!(
         part_sizes_mib(&proxy.seen()[before..]),
-        [5, 5, 5, 7],
-        "5 MiB parts in memory, the last with the rest of the request"
+        [5, 10, 20, 40, 80, 80, 5],
+        "the same schedule without a length"
+    );
+    assert!(
+        peak - resident < 48,
+        "berth's resident memory grew from {resident} MiB to {peak} MiB during the chunked push"
     );
 
     assert_pulls(&http, &berth, "team/huge", &digest, &blob).await;

@@ -1,6 +1,7 @@
 //! Operator replicas sharing one S3 bucket (a real MinIO): a push that lands on the
 //! replica without the Lease rolls the workload out once, and reaches the leader
-//! through the bucket's push log.
+//! through the bucket's push log; only the leader collects garbage, and what was
+//! pushed through the other survives it.
 
 use std::time::Duration;
 
@@ -113,5 +114,124 @@ async fn a_push_to_the_replica_without_the_lease_rolls_out_once_and_reaches_the_
     assert!(
         latency < 1000,
         "patched within a second of the push: {latency} ms"
+    );
+}
+
+#[tokio::test]
+async fn only_the_operator_replica_holding_the_lease_collects_garbage_and_pushes_to_the_other_survive_it()
+ {
+    let Some(cluster) = TestCluster::start("scale-out-gc").await else {
+        return;
+    };
+    let Some(skopeo) = require_tool("skopeo") else {
+        return;
+    };
+    let Some(minio) = crate::minio_server::shared() else {
+        return;
+    };
+    let storage = format!(
+        "s3://{}/operators-gc-{}",
+        minio.bucket,
+        uuid::Uuid::new_v4().simple()
+    );
+    let env = minio.aws_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let selector = format!("{}={}", crate::cluster::TEST_LABEL, cluster.id());
+    // Nothing is kept for being recent: what no tag reaches goes at once.
+    let args = [
+        "--selector",
+        selector.as_str(),
+        "--storage",
+        &storage,
+        "--gc-grace",
+        "0s",
+        "--gc-untagged-delay",
+        "0s",
+    ];
+    let first = Operator::start_with_env(&cluster, &args, &env);
+    let second = Operator::start_with_env(&cluster, &args, &env);
+    let team = registry_namespace(&cluster).await;
+    let repo = format!("{team}/app");
+    let leases: Api<Lease> = Api::namespaced(cluster.client(), cluster.namespace());
+    let holder = wait_for(
+        "a replica to hold the Lease",
+        Duration::from_secs(30),
+        || {
+            let leases = leases.clone();
+            async move {
+                let lease = leases
+                    .get("berth-operator")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                lease
+                    .spec
+                    .and_then(|s| s.holder_identity)
+                    .ok_or_else(|| "no holder yet".to_string())
+            }
+        },
+    )
+    .await;
+    let (leader, follower) = if holder == first.pod_name {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+
+    // Two images pushed through the follower; the first one's tag is then moved onto
+    // the second, so only the first's blobs are garbage.
+    skopeo_push(&skopeo, &follower.addr, &repo, "old", "old");
+    let kept = skopeo_push(&skopeo, &follower.addr, &repo, "new", "new");
+    skopeo_push(&skopeo, &follower.addr, &repo, "old", "new");
+
+    let http = reqwest::Client::new();
+    let gc = |url: String| {
+        let http = http.clone();
+        async move {
+            http.post(format!("{url}/api/gc"))
+                .header("authorization", crate::operator::admin_basic_auth())
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let refused = gc(follower.url()).await;
+    assert_eq!(refused.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("not the leader"), "{text}");
+    let ran = gc(leader.url()).await;
+    assert_eq!(ran.status(), reqwest::StatusCode::OK);
+    let report: serde_json::Value = ran.json().await.unwrap();
+    let deleted = report["run"]["report"]["blobsDeleted"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a report: {report}"));
+    assert!(
+        deleted >= 1,
+        "the first image's layer and config go: {report}"
+    );
+
+    // Everything still tagged pulls whole from the follower.
+    let out = tempfile::tempdir().unwrap();
+    for tag in ["old", "new"] {
+        crate::common::run(std::process::Command::new(&skopeo).args([
+            "copy",
+            "--insecure-policy",
+            "--src-tls-verify=false",
+            "--src-creds",
+            &crate::operator::admin_creds(),
+            &format!("docker://{}/{repo}:{tag}", follower.addr),
+            &format!("oci:{}:{tag}", out.path().display()),
+        ]));
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("index.json")).unwrap()).unwrap();
+    let digests: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap())
+        .collect();
+    assert!(
+        digests.iter().all(|d| *d == kept),
+        "both tags pull the kept image: {digests:?}"
     );
 }

@@ -938,7 +938,9 @@ async fn the_tag_page_lists_the_workloads_running_a_digest_and_the_trigger_that_
         "Watching",
     )
     .await;
-    let digest = skopeo_push(&skopeo, &operator.addr, &repo, "v1", "v1");
+    // An image of its own: the page lists every workload in the cluster running the
+    // digest, and tests running beside this one push images too.
+    let digest = skopeo_push(&skopeo, &operator.addr, &repo, "v1", "tag-page-v1");
     wait_result(&cluster, "app", "v1", "Succeeded").await;
 
     let url = format!("http://{}/api/repositories/{repo}/-/tags/v1", operator.addr);

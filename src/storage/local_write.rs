@@ -33,7 +33,9 @@ use tokio::task::JoinHandle;
 use super::hasher::Hasher;
 
 /// Bytes per hand-off: large enough that the cost of starting two blocking tasks is noise
-/// next to hashing and writing it (about 1 ms), small enough to stay in cache.
+/// next to hashing and writing it (about 1 ms), small enough to stay in cache. Measured
+/// (benches/README.md): 512 KiB pushed at 1.04× distribution v3 on tmpfs, 1 MiB at
+/// 1.40×, 4 MiB at 1.29×.
 const BATCH_BYTES: usize = 1 << 20;
 /// The most one writer holds: the batch filling and the one being hashed and written.
 pub(super) const WORKING_SET: usize = 2 * BATCH_BYTES;

@@ -255,3 +255,23 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A loopback port nothing listens on right now, for a daemon to bind a moment later.
+/// Chosen below the kernel's ephemeral range: a port `bind(0)` hands out comes from
+/// that range, where any outgoing connection of a test running beside this one can
+/// take it before the daemon binds it (Argo CD's controller once died of that).
+pub fn free_port() -> u16 {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16;
+    let span = ephemeral_low.saturating_sub(low).max(1) as u128;
+    for _ in 0..1000 {
+        let port = low + (uuid::Uuid::new_v4().as_u128() % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {low} and {ephemeral_low}")
+}

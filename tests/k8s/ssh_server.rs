@@ -2,7 +2,7 @@
 //! as the current user with its own host key, an authorized_keys file of the test's
 //! keys, and no PAM, so a push runs Debian's `git-receive-pack` over a real SSH login.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -193,10 +193,4 @@ impl Drop for Sshd {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::common::free_port;

@@ -9,7 +9,7 @@
 //! survives `cargo test`, even one that was killed.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
@@ -217,11 +217,15 @@ impl Drop for MinioServer {
     }
 }
 
-/// Two distinct free loopback ports (both held until both are chosen).
+/// Two distinct free loopback ports (see `free_port` for why not `bind(0)`).
 fn free_ports() -> [u16; 2] {
-    let bind = || TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let listeners = [bind(), bind()];
-    listeners.map(|l| l.local_addr().expect("bound address").port())
+    let first = crate::common::free_port();
+    loop {
+        let second = crate::common::free_port();
+        if second != first {
+            return [first, second];
+        }
+    }
 }
 
 /// Whether `pid` is running (a zombie waiting for the watchdog to reap it is not).

@@ -436,14 +436,7 @@ impl Drop for Distribution {
     }
 }
 
-/// A loopback port nobody listens on (yet).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::common::free_port;
 
 /// `n` bytes that differ by `seed` (layers that do not compress away).
 pub fn layer(seed: &str, n: usize) -> Vec<u8> {

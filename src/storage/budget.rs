@@ -1,6 +1,6 @@
 //! A process-wide cap on the memory that upload bodies hold while they are written.
 //!
-//! Each part write reserves its whole working set (the buffers it will fill: two 1 MiB
+//! Each part write reserves its whole working set (the buffers it will fill: three 1 MiB
 //! batches on a local disk; on an object store the part being filled, the parts in
 //! flight and the hashing batches) before it allocates any of it, and gives it back
 //! when it ends. When the budget is spent, further uploads wait their turn: the
@@ -19,7 +19,7 @@ use super::part_schedule::{IN_MEMORY_PART, MIN_PART};
 use super::pipeline;
 use super::uploads::PARTS_IN_FLIGHT;
 
-/// The default cap: 256 concurrent part writes to a local disk, or 9 to S3.
+/// The default cap: 170 concurrent part writes to a local disk, or 9 to S3.
 pub const DEFAULT_UPLOAD_BUFFER: usize = 512 << 20;
 
 /// Bytes one part write holds at most on a local directory.

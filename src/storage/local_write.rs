@@ -1,14 +1,15 @@
 //! Writing an upload's bytes into a local file while hashing them.
 //!
-//! The request task copies the body into a 1 MiB batch; each full batch is hashed on
-//! one blocking thread and written on another while the task fills the next one, so a
-//! push costs about the time of its slowest stage rather than the sum of all three.
+//! The request task copies the body into 1 MiB batches; each full batch goes to two
+//! lanes (`batch_lanes.rs`), one hashing and one writing, each on a blocking thread and
+//! each at its own pace, while the task fills the next one. A push costs about the time
+//! of its slowest stage rather than the sum of all three.
 //!
-//! Two batch buffers take turns, so memory per upload is 2 MiB whatever the blob size,
-//! and nothing is allocated per chunk. The copy is what makes that possible: keeping
-//! hyper's chunks alive while they are hashed and written made hyper allocate a fresh
-//! read buffer for every chunk, and faulting in that memory cost more than copying the
-//! bytes while they are still in cache.
+//! A fixed set of batch buffers goes round, so memory per upload is [`WORKING_SET`]
+//! whatever the blob size, and nothing is allocated per chunk. The copy is what makes
+//! that possible: keeping hyper's chunks alive while they are hashed and written made
+//! hyper allocate a fresh read buffer for every chunk, and faulting in that memory cost
+//! more than copying the bytes while they are still in cache.
 //!
 //! The file is staged next to its destination under a name object_store's listing
 //! ignores (`<name>#<n>`), synced and renamed into place only when complete, so a
@@ -23,22 +24,22 @@
 //! a 100 MiB push to ext4 took longer than writing it all and then fsyncing.
 
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::mem;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
+use super::batch_lanes::{BUFFERS, LaneFailed, Lanes};
 use super::hasher::Hasher;
 
-/// Bytes per hand-off: large enough that the cost of starting two blocking tasks is noise
-/// next to hashing and writing it (about 1 ms), small enough to stay in cache. Measured
+/// Bytes per hand-off: large enough that handing a batch over costs nothing next to
+/// hashing and writing it (about 1 ms), small enough to stay in cache. Measured
 /// (benches/README.md): 512 KiB pushed at 1.04× distribution v3 on tmpfs, 1 MiB at
-/// 1.40×, 4 MiB at 1.29×.
+/// 1.40×, 4 MiB at 1.29× (when both stages were waited for at every hand-off).
 const BATCH_BYTES: usize = 1 << 20;
-/// The most one writer holds: the batch filling and the one being hashed and written.
-pub(super) const WORKING_SET: usize = 2 * BATCH_BYTES;
+/// The most one writer holds: every batch buffer.
+pub(super) const WORKING_SET: usize = BUFFERS * BATCH_BYTES;
 /// Written bytes handed to writeback at once: large requests for the disk, and few
 /// enough hand-offs that their threads cost nothing.
 const WRITEBACK_STEP: u64 = 8 << 20;
@@ -50,42 +51,20 @@ pub enum LocalWriteError {
     /// A blocking task panicked or the runtime is shutting down.
     #[error("writing task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
-    /// Used again after such a failure: the file and hash state went with the task.
-    #[error("file and hash state were lost in an earlier failure")]
-    Lost,
+    #[error("{0}")]
+    Lane(#[from] LaneFailed),
 }
 
 type Result<T, E = LocalWriteError> = std::result::Result<T, E>;
-
-/// The file and the hash state, when no batch is in flight.
-struct Idle {
-    hasher: Box<Hasher>,
-    file: File,
-    /// Bytes written so far: where the next batch goes.
-    written: u64,
-}
-
-struct InFlight {
-    batch: Arc<Vec<u8>>,
-    /// Bytes written once this batch is.
-    written: u64,
-    hashed: JoinHandle<Box<Hasher>>,
-    write: JoinHandle<std::io::Result<File>>,
-}
-
-enum Current {
-    Idle(Idle),
-    Busy(InFlight),
-    Lost,
-}
 
 pub(super) struct LocalPartWriter {
     dest: PathBuf,
     /// `None` once renamed into place; otherwise removed on drop.
     staging: Option<PathBuf>,
-    current: Current,
+    lanes: Lanes,
     filling: Vec<u8>,
-    spare: Option<Vec<u8>>,
+    /// A second descriptor of the file, for writeback hints while the lane writes.
+    hints: File,
     writeback: Writeback,
 }
 
@@ -95,16 +74,15 @@ impl LocalPartWriter {
     pub async fn create(dest: PathBuf, hasher: Hasher) -> Result<Self> {
         let target = dest.clone();
         let (file, staging) = tokio::task::spawn_blocking(move || new_staged(&target)).await??;
+        let hints = file.try_clone()?;
+        let mut lanes = Lanes::new(Box::new(hasher), file, BATCH_BYTES);
+        let filling = lanes.buffer().await?;
         Ok(LocalPartWriter {
             dest,
             staging: Some(staging),
-            current: Current::Idle(Idle {
-                hasher: Box::new(hasher),
-                file,
-                written: 0,
-            }),
-            filling: Vec::with_capacity(BATCH_BYTES),
-            spare: None,
+            lanes,
+            filling,
+            hints,
             writeback: Writeback::default(),
         })
     }
@@ -125,10 +103,10 @@ impl LocalPartWriter {
     /// Syncs the file and renames it into place; returns the hasher after every byte.
     pub async fn finish(mut self) -> Result<Hasher> {
         if !self.filling.is_empty() {
-            self.hand_off().await?;
+            self.lanes.push(mem::take(&mut self.filling))?;
         }
-        let Idle { hasher, file, .. } = self.settle().await?;
-        let staging = self.staging.clone().ok_or(LocalWriteError::Lost)?;
+        let (hasher, file) = self.lanes.finish().await?;
+        let staging = self.staging.clone().ok_or(LaneFailed::Lost)?;
         let dest = self.dest.clone();
         tokio::task::spawn_blocking(move || publish(file, &staging, &dest)).await??;
         self.staging = None;
@@ -136,61 +114,12 @@ impl LocalPartWriter {
     }
 
     async fn hand_off(&mut self) -> Result<()> {
-        let Idle {
-            mut hasher,
-            mut file,
-            written,
-        } = self.settle().await?;
-        self.writeback.advance(&file, written);
-        let next = self
-            .spare
-            .take()
-            .unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES));
-        let batch = Arc::new(mem::replace(&mut self.filling, next));
-        let to_hash = batch.clone();
-        let to_write = batch.clone();
-        let len = batch.len() as u64;
-        self.current = Current::Busy(InFlight {
-            batch,
-            written: written + len,
-            hashed: tokio::task::spawn_blocking(move || {
-                hasher.update(&to_hash);
-                hasher
-            }),
-            write: tokio::task::spawn_blocking(move || {
-                file.write_all(&to_write)?;
-                Ok(file)
-            }),
-        });
+        // The full batch goes first, so the lanes start on it while this waits for a
+        // buffer if all are taken.
+        self.lanes.push(mem::take(&mut self.filling))?;
+        self.writeback.advance(&self.hints, self.lanes.written());
+        self.filling = self.lanes.buffer().await?;
         Ok(())
-    }
-
-    /// Waits for the batch in flight, if any, and takes back the file, the hasher and
-    /// the batch's buffer.
-    async fn settle(&mut self) -> Result<Idle> {
-        match mem::replace(&mut self.current, Current::Lost) {
-            Current::Idle(idle) => Ok(idle),
-            Current::Lost => Err(LocalWriteError::Lost),
-            Current::Busy(InFlight {
-                batch,
-                written,
-                hashed,
-                write,
-            }) => {
-                let (hashed, file) = tokio::join!(hashed, write);
-                let idle = Idle {
-                    hasher: hashed?,
-                    file: file??,
-                    written,
-                };
-                // Both tasks have dropped their references, so this is the last one.
-                if let Ok(mut buffer) = Arc::try_unwrap(batch) {
-                    buffer.clear();
-                    self.spare = Some(buffer);
-                }
-                Ok(idle)
-            }
-        }
     }
 }
 
@@ -222,7 +151,7 @@ impl Writeback {
         {
             return;
         }
-        // A second descriptor: the writer keeps its own file moving between threads.
+        // A descriptor of its own for the thread.
         let Ok(file) = file.try_clone() else {
             return;
         };

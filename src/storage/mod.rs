@@ -8,6 +8,7 @@
 //! manifest or blobs are missing.
 
 mod backend;
+mod batch_lanes;
 mod blob_index;
 mod blobs;
 pub mod budget;

@@ -172,7 +172,7 @@ struct RegistryArgs {
 
     /// Memory that upload bodies in flight may hold, all uploads together: bytes, or
     /// with a KiB, MiB or GiB suffix. Each part write reserves its buffers before it
-    /// starts (2 MiB on a directory, 26 MiB on S3); past the cap, uploads wait their turn.
+    /// starts (3 MiB on a directory, 55 MiB on S3); past the cap, uploads wait their turn.
     #[arg(long, default_value = "512MiB", value_parser = berth::byte_size::parse_bytes, env = "BERTH_MAX_UPLOAD_BUFFER")]
     max_upload_buffer: usize,
 

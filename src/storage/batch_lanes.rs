@@ -325,4 +325,19 @@ mod tests {
         assert!(matches!(first, LaneFailed::Io(_)), "{first:?}");
         assert!(matches!(lanes.finish().await, Err(LaneFailed::Lost)));
     }
+
+    #[tokio::test]
+    async fn a_worker_that_ends_without_parking_its_stage_fails_the_lanes_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("out")).unwrap();
+        let mut lanes = Lanes::new(Box::new(Hasher::new(Algorithm::Sha256)), file, 16);
+        let buffer = lanes.buffer().await.unwrap();
+        lanes.push(buffer).unwrap();
+        // What a worker leaves when it panics, or when the runtime drops it unrun.
+        drop(Unfinished(Some(lanes.shared.clone())));
+        let finished = tokio::time::timeout(std::time::Duration::from_secs(10), lanes.finish())
+            .await
+            .expect("finish returns instead of waiting for a stage that will never come back");
+        assert!(matches!(finished, Err(LaneFailed::Lost)));
+    }
 }

@@ -48,13 +48,13 @@ fn digest_param(req: &Request) -> Result<Option<Digest>> {
         .transpose()
 }
 
-/// The request body as a stream of chunks, counted in the metrics.
 /// The body's length, when the request told it (`Content-Length`, which hyper holds
 /// the body to): it lets storage stream parts larger than it would hold in memory.
 fn body_length(body: &axum::body::Body) -> Option<u64> {
     axum::body::HttpBody::size_hint(body).exact()
 }
 
+/// The request body as a stream of chunks, counted in the metrics.
 fn body_stream(
     state: &RegistryState,
     body: axum::body::Body,

@@ -137,6 +137,12 @@ impl PartSender {
         self.upload.is_some()
     }
 
+    /// Whether the `n` bytes a request ends with can go out as a part of their own:
+    /// S3 takes a part under 5 MiB only as the upload's last, after others.
+    fn takes_as_last_part(&self, n: u64, closing: bool) -> bool {
+        n > 0 && (n >= MIN_PART as u64 || (closing && self.started()))
+    }
+
     /// The index of the next part this request sends.
     fn next_index(&self) -> usize {
         self.upload.as_ref().map_or(0, |u| u.etags.len()) + self.sent.len() + self.in_flight.len()
@@ -349,9 +355,7 @@ where
         }
     }
     let last = spool.len() < limit;
-    if last
-        && (spool.len() == 0 || (spool.len() < MIN_PART as u64 && !(closing && sender.started())))
-    {
+    if last && !sender.takes_as_last_part(spool.len(), closing) {
         held.push(spool.into_bytes().await.map_err(StorageError::Spool)?);
         return Ok(Spooled::Short);
     }
@@ -449,9 +453,7 @@ impl Store {
                 if let Some(left) = left.filter(|_| target > schedule.in_memory) {
                     let last = left < (target + MIN_PART) as u64;
                     let len = if last { left } else { target as u64 };
-                    if len == 0
-                        || (last && left < MIN_PART as u64 && !(closing && sender.started()))
-                    {
+                    if last && !sender.takes_as_last_part(left, closing) {
                         // Too short for a part of its own: gathered below and staged.
                         reader.read_to_end(&mut held).await?;
                         break;

@@ -27,6 +27,7 @@ use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::mem;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
@@ -63,8 +64,8 @@ pub(super) struct LocalPartWriter {
     staging: Option<PathBuf>,
     lanes: Lanes,
     filling: Vec<u8>,
-    /// A second descriptor of the file, for writeback hints while the lane writes.
-    hints: File,
+    /// The file again, for writeback hints while the lane writes to it.
+    hints: Arc<File>,
     writeback: Writeback,
 }
 
@@ -74,7 +75,7 @@ impl LocalPartWriter {
     pub async fn create(dest: PathBuf, hasher: Hasher) -> Result<Self> {
         let target = dest.clone();
         let (file, staging) = tokio::task::spawn_blocking(move || new_staged(&target)).await??;
-        let hints = file.try_clone()?;
+        let hints = Arc::new(file.try_clone()?);
         let mut lanes = Lanes::new(Box::new(hasher), file, BATCH_BYTES);
         let filling = lanes.buffer().await?;
         Ok(LocalPartWriter {
@@ -145,16 +146,13 @@ struct Writeback {
 impl Writeback {
     /// Hands over what was written up to `written` when that is a step or more and the
     /// previous request is done; otherwise the next call takes a larger range.
-    fn advance(&mut self, file: &File, written: u64) {
+    fn advance(&mut self, file: &Arc<File>, written: u64) {
         if written - self.started < WRITEBACK_STEP
             || self.running.as_ref().is_some_and(|r| !r.is_finished())
         {
             return;
         }
-        // A descriptor of its own for the thread.
-        let Ok(file) = file.try_clone() else {
-            return;
-        };
+        let file = Arc::clone(file);
         let (offset, len) = (self.started, written - self.started);
         self.started = written;
         self.running = Some(tokio::task::spawn_blocking(move || {

@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::cluster::TestCluster;
 use crate::common::require_tool;
 use crate::images::skopeo_push;
+use crate::minio_server::MinioServer;
 use crate::operator::Operator;
 use crate::triggers::{
     QUIET, deployment, history, image_of, metric, registry_namespace, trigger, wait_for,
@@ -20,6 +21,57 @@ use crate::triggers::{
 
 const DELIVERED: &str = "berth_replica_pushes_delivered_total";
 const PATCHED: &str = "berth_trigger_firings_total{result=\"Patched\"}";
+
+/// `berth operator` twice on one fresh prefix of the shared MinIO bucket, watching this
+/// test's resources, with `extra` arguments.
+fn two_replicas_on_one_bucket(
+    cluster: &TestCluster,
+    minio: &MinioServer,
+    extra: &[&str],
+) -> (Operator, Operator) {
+    let storage = format!(
+        "s3://{}/operators-{}",
+        minio.bucket,
+        uuid::Uuid::new_v4().simple()
+    );
+    let env = minio.aws_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let selector = format!("{}={}", crate::cluster::TEST_LABEL, cluster.id());
+    let mut args = vec!["--selector", selector.as_str(), "--storage", &storage];
+    args.extend_from_slice(extra);
+    (
+        Operator::start_with_env(cluster, &args, &env),
+        Operator::start_with_env(cluster, &args, &env),
+    )
+}
+
+/// Which of `a` and `b` holds the `berth-operator` Lease (once one does), then the other.
+async fn leader_and_follower<'a>(
+    cluster: &TestCluster,
+    a: &'a Operator,
+    b: &'a Operator,
+) -> (&'a Operator, &'a Operator) {
+    let leases: Api<Lease> = Api::namespaced(cluster.client(), cluster.namespace());
+    let holder = wait_for(
+        "a replica to hold the Lease",
+        Duration::from_secs(30),
+        || {
+            let leases = leases.clone();
+            async move {
+                let lease = leases
+                    .get("berth-operator")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                lease
+                    .spec
+                    .and_then(|s| s.holder_identity)
+                    .ok_or_else(|| "no holder yet".to_string())
+            }
+        },
+    )
+    .await;
+    if holder == a.pod_name { (a, b) } else { (b, a) }
+}
 
 #[tokio::test]
 async fn a_push_to_the_replica_without_the_lease_rolls_out_once_and_reaches_the_leader_through_the_bucket()
@@ -33,27 +85,12 @@ async fn a_push_to_the_replica_without_the_lease_rolls_out_once_and_reaches_the_
     let Some(minio) = crate::minio_server::shared() else {
         return;
     };
-    let storage = format!(
-        "s3://{}/operators-{}",
-        minio.bucket,
-        uuid::Uuid::new_v4().simple()
-    );
-    let env = minio.aws_env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let host = "registry.berth.test";
-    let selector = format!("{}={}", crate::cluster::TEST_LABEL, cluster.id());
-    let args = [
-        "--selector",
-        selector.as_str(),
-        "--storage",
-        &storage,
-        "--registry-host",
-        host,
-        "--push-log-poll",
-        "200ms",
-    ];
-    let first = Operator::start_with_env(&cluster, &args, &env);
-    let second = Operator::start_with_env(&cluster, &args, &env);
+    let (first, second) = two_replicas_on_one_bucket(
+        &cluster,
+        minio,
+        &["--registry-host", host, "--push-log-poll", "200ms"],
+    );
     let team = registry_namespace(&cluster).await;
     let repo = format!("{team}/web");
     deployment(
@@ -71,16 +108,7 @@ async fn a_push_to_the_replica_without_the_lease_rolls_out_once_and_reaches_the_
     trigger(&cluster, "web", spec, "Watching").await;
     let (_, generation) = image_of(&cluster, "web").await;
 
-    let lease: Lease = Api::namespaced(cluster.client(), cluster.namespace())
-        .get("berth-operator")
-        .await
-        .unwrap();
-    let holder = lease.spec.unwrap().holder_identity.unwrap();
-    let (leader, follower) = if holder == first.pod_name {
-        (&first, &second)
-    } else {
-        (&second, &first)
-    };
+    let (leader, follower) = leader_and_follower(&cluster, &first, &second).await;
     let heard_before = metric(&leader.url(), DELIVERED).await;
 
     let digest = skopeo_push(&skopeo, &follower.addr, &repo, "v1", "v1");
@@ -129,53 +157,15 @@ async fn only_the_operator_replica_holding_the_lease_collects_garbage_and_pushes
     let Some(minio) = crate::minio_server::shared() else {
         return;
     };
-    let storage = format!(
-        "s3://{}/operators-gc-{}",
-        minio.bucket,
-        uuid::Uuid::new_v4().simple()
-    );
-    let env = minio.aws_env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let selector = format!("{}={}", crate::cluster::TEST_LABEL, cluster.id());
     // Nothing is kept for being recent: what no tag reaches goes at once.
-    let args = [
-        "--selector",
-        selector.as_str(),
-        "--storage",
-        &storage,
-        "--gc-grace",
-        "0s",
-        "--gc-untagged-delay",
-        "0s",
-    ];
-    let first = Operator::start_with_env(&cluster, &args, &env);
-    let second = Operator::start_with_env(&cluster, &args, &env);
+    let (first, second) = two_replicas_on_one_bucket(
+        &cluster,
+        minio,
+        &["--gc-grace", "0s", "--gc-untagged-delay", "0s"],
+    );
     let team = registry_namespace(&cluster).await;
     let repo = format!("{team}/app");
-    let leases: Api<Lease> = Api::namespaced(cluster.client(), cluster.namespace());
-    let holder = wait_for(
-        "a replica to hold the Lease",
-        Duration::from_secs(30),
-        || {
-            let leases = leases.clone();
-            async move {
-                let lease = leases
-                    .get("berth-operator")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                lease
-                    .spec
-                    .and_then(|s| s.holder_identity)
-                    .ok_or_else(|| "no holder yet".to_string())
-            }
-        },
-    )
-    .await;
-    let (leader, follower) = if holder == first.pod_name {
-        (&first, &second)
-    } else {
-        (&second, &first)
-    };
+    let (leader, follower) = leader_and_follower(&cluster, &first, &second).await;
 
     // Two images pushed through the follower; the first one's tag is then moved onto
     // the second, so only the first's blobs are garbage.
